@@ -1,0 +1,103 @@
+"""All checkpoint I/O (orbax lives only here).
+
+A run directory holds `config.json`, `ckpt/step_<n>/` (full training state, orbax),
+`ckpt/LATEST` (the step of the newest complete checkpoint), `best/` (inference
+parameters, orbax) and `meta.json` (metrics). Every pointer is written after the data
+it points to, by rename, so a run killed at any moment leaves a usable checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+from pxd.errors import PxdError
+
+
+def _ocp():
+    import orbax.checkpoint as ocp
+
+    return ocp
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_state(run_dir: str, step: int, state: Any, keep: int = 2) -> None:
+    """Save the full training state at `step` and point LATEST at it."""
+    ckdir = os.path.abspath(os.path.join(run_dir, "ckpt"))
+    os.makedirs(ckdir, exist_ok=True)
+    path = os.path.join(ckdir, f"step_{step}")
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    ckptr = _ocp().StandardCheckpointer()
+    ckptr.save(path, state)
+    ckptr.wait_until_finished()
+    _write_text(os.path.join(ckdir, "LATEST"), str(step))
+    steps = sorted(
+        int(d.split("_")[1]) for d in os.listdir(ckdir) if d.startswith("step_") and "." not in d
+    )
+    for s in steps[:-keep]:
+        shutil.rmtree(os.path.join(ckdir, f"step_{s}"), ignore_errors=True)
+
+
+def latest_step(run_dir: str) -> int | None:
+    p = os.path.join(run_dir, "ckpt", "LATEST")
+    if not os.path.exists(p):
+        return None
+    with open(p) as f:
+        return int(f.read().strip())
+
+
+def restore_state(run_dir: str, target: Any) -> tuple[int, Any]:
+    step = latest_step(run_dir)
+    if step is None:
+        raise PxdError(f"no checkpoint to resume in {run_dir}")
+    path = os.path.abspath(os.path.join(run_dir, "ckpt", f"step_{step}"))
+    return step, _ocp().StandardCheckpointer().restore(path, target)
+
+
+def save_params(path: str, params: Any) -> None:
+    """Inference parameters (e.g. EMA weights) to an orbax directory, replaced atomically."""
+    path = os.path.abspath(path)
+    tmp = path + ".tmp"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    ckptr = _ocp().StandardCheckpointer()
+    ckptr.save(tmp, params)
+    ckptr.wait_until_finished()
+    old = path + ".old"
+    if os.path.exists(path):
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_params(path: str, target: Any | None = None) -> Any:
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise PxdError(f"no parameters at {path}")
+    try:
+        return _ocp().StandardCheckpointer().restore(path, target)
+    except Exception as e:  # orbax raises many types; all mean the same to a user
+        raise PxdError(f"cannot load parameters from {path}: {type(e).__name__}") from None
+
+
+def write_meta(run_dir: str, meta: dict) -> None:
+    _write_text(os.path.join(run_dir, "meta.json"), json.dumps(meta, indent=2, sort_keys=True))
+
+
+def read_meta(run_dir: str) -> dict:
+    p = os.path.join(run_dir, "meta.json")
+    if not os.path.exists(p):
+        return {}
+    with open(p) as f:
+        return json.load(f)

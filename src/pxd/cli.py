@@ -1,0 +1,131 @@
+"""The `pxd` command line: parses options, builds a config, calls one run_* function."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from pxd import __version__
+from pxd.errors import PxdError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="PixelDefend in JAX: train density models and classifiers, attack, purify, score.",
+    pretty_exceptions_enable=False,
+)
+
+DataDir = Annotated[
+    str | None,
+    typer.Option("--data-dir", envvar="PXD_DATA_DIR",
+                 help="Folder with cifar-10-binary.tar.gz and/or Fashion-MNIST idx .gz files."),
+]
+Seed = Annotated[int, typer.Option("--seed", help="PRNG seed.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON object.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print results only.")]
+Devices = Annotated[
+    int | None,
+    typer.Option("--devices", help="Virtual CPU devices (default: one per core)."),
+]
+Distributed = Annotated[
+    bool,
+    typer.Option("--distributed", help="Multi-host: call jax.distributed.initialize()."),
+]
+
+
+def _setup(devices: int | None, distributed: bool = False, quiet: bool = False,
+           json_mode: bool = False):
+    from pxd import devices as dev
+    from pxd.report import Reporter
+
+    dev.setup(devices, distributed)
+    return Reporter(quiet=quiet, json_mode=json_mode)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"pxd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+):
+    """pxd: PixelDefend (Song et al., ICLR 2018) made fast, in JAX."""
+
+
+@app.command("train-density")
+def train_density(
+    out: Annotated[str, typer.Option("--out", help="Run directory (config, checkpoints).")],
+    dataset: Annotated[str, typer.Option(help="cifar10 or fashion_mnist.")] = "cifar10",
+    preset: Annotated[str, typer.Option(help="smoke, cpu or paper.")] = "cpu",
+    epochs: Annotated[float | None, typer.Option(help="Train this many epochs.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Train this many steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Global batch size.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    data_dir: DataDir = None,
+    seed: Seed = 0,
+    devices: Devices = None,
+    distributed: Distributed = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
+):
+    """Train the PixelCNN++ density model on clean images."""
+    rep = _setup(devices, distributed, quiet, json_out)
+    from pxd.commands.density import run_train_density
+    from pxd.data import DATASETS
+    from pxd.density import density_config
+
+    if dataset not in DATASETS:
+        raise PxdError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
+    if epochs is not None and steps is not None:
+        raise PxdError("give --epochs or --steps, not both")
+    cfg = density_config(dataset, preset, batch_size=batch_size, seed=seed)
+    if epochs is not None:
+        if epochs <= 0:
+            raise PxdError("--epochs must be positive")
+        n = DATASETS[dataset].splits["train"]
+        steps = max(1, round(epochs * n / cfg.batch_size))
+    if steps is not None:
+        if steps <= 0:
+            raise PxdError("--steps must be positive")
+        from pxd.config import replace
+
+        cfg = replace(cfg, steps=steps)
+    run_train_density(cfg, out, resume=resume, data_dir=data_dir, rep=rep)
+
+
+def main() -> None:
+    """Entry point: bad input gives one line on stderr and exit 2, never a traceback."""
+    debug = os.environ.get("PXD_DEBUG") == "1"
+    try:
+        app(standalone_mode=False)
+    except PxdError as e:
+        if debug:
+            raise
+        print(f"pxd: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        print("pxd: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # click usage errors and the unexpected
+        import click
+
+        if isinstance(e, click.exceptions.UsageError):
+            e.show()
+            sys.exit(2)
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if debug:
+            raise
+        print(f"pxd: error: {type(e).__name__}: {e} (set PXD_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        sys.exit(1)
