@@ -100,6 +100,82 @@ def train_density(
     run_train_density(cfg, out, resume=resume, data_dir=data_dir, rep=rep)
 
 
+# --- classifiers and attacks (train-clf, attack) ---
+
+
+@app.command("train-clf")
+def train_clf(
+    out: Annotated[str, typer.Option("--out", help="Run directory (config, checkpoints).")],
+    dataset: Annotated[str, typer.Option(help="cifar10 or fashion_mnist.")] = "cifar10",
+    arch: Annotated[str, typer.Option(help="resnet or vgg.")] = "resnet",
+    training: Annotated[str, typer.Option(
+        help="normal, adv-fgsm, adv-bim or label-smoothing.")] = "normal",
+    preset: Annotated[str, typer.Option(help="smoke, cpu or paper.")] = "cpu",
+    epochs: Annotated[float | None, typer.Option(help="Train this many epochs.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Train this many steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Global batch size.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    data_dir: DataDir = None,
+    seed: Seed = 0,
+    devices: Devices = None,
+    distributed: Distributed = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
+):
+    """Train a classifier (ResNet or VGG; normal, adversarial or label-smoothing)."""
+    rep = _setup(devices, distributed, quiet, json_out)
+    from pxd.classify import clf_config
+    from pxd.commands.clf import run_train_clf
+    from pxd.config import replace
+    from pxd.data import DATASETS
+
+    if dataset not in DATASETS:
+        raise PxdError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
+    if epochs is not None and steps is not None:
+        raise PxdError("give --epochs or --steps, not both")
+    cfg = clf_config(dataset, arch, training, preset, batch_size=batch_size, seed=seed)
+    if epochs is not None:
+        if epochs <= 0:
+            raise PxdError("--epochs must be positive")
+        steps = max(1, round(epochs * DATASETS[dataset].splits["train"] / cfg.batch_size))
+    if steps is not None:
+        if steps <= 0:
+            raise PxdError("--steps must be positive")
+        cfg = replace(cfg, steps=steps)
+    run_train_clf(cfg, out, resume=resume, data_dir=data_dir, rep=rep)
+
+
+@app.command("attack")
+def attack_cmd(
+    input: Annotated[str, typer.Argument(
+        help="Images (.npz/.npy/PNG/JPEG/folder) or a dataset spec like cifar10:test[:100].")],
+    clf: Annotated[str, typer.Option("--clf", help="Classifier run dir (pxd train-clf).")],
+    attack: Annotated[str, typer.Option(
+        "--attack", help="rand, fgsm, bim, deepfool, cw or pgd.")] = "fgsm",
+    eps: Annotated[float, typer.Option(
+        "--eps-attack", help="L-inf budget in pixel units (0..255).")] = 8.0,
+    out: Annotated[str, typer.Option("--out", help="Output .npz.")] = "adv.npz",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 100,
+    steps: Annotated[int | None, typer.Option(help="Iterations (bim, pgd).")] = None,
+    restarts: Annotated[int | None, typer.Option(help="Random restarts (pgd).")] = None,
+    data_dir: DataDir = None,
+    seed: Seed = 0,
+    devices: Devices = None,
+    distributed: Distributed = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
+):
+    """Craft adversarial examples against a trained classifier; writes an .npz."""
+    rep = _setup(devices, distributed, quiet, json_out)
+    from pxd.commands.clf import run_attack
+
+    run_attack(input, clf, attack=attack, eps=eps, out=out, batch_size=batch_size, steps=steps,
+               restarts=restarts, seed=seed, data_dir=data_dir, rep=rep)
+
+
+# --- end classifiers and attacks ---
+
+
 def main() -> None:
     """Entry point: bad input gives one line on stderr and exit 2, never a traceback."""
     debug = os.environ.get("PXD_DEBUG") == "1"

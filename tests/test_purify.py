@@ -1,0 +1,114 @@
+"""Purification: the fast paths equal the literal Algorithm 1, decoded position by position."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pxd.density import build_model
+from pxd.models.pixelcnn import PIXELCNN_PRESETS, PixelCNN
+from pxd.purify import feature_squeeze, make_purifier
+
+NEAR_TIE = 1e-4
+
+
+def _setup(shape, preset="smoke", seed=0, **over):
+    cfg = dict(PIXELCNN_PRESETS[preset])
+    cfg.update(over)
+    model = build_model(cfg, shape[-1])
+    params = model.init({"params": jax.random.key(seed)}, jnp.zeros((1,) + shape, jnp.uint8))
+    return model, params["params"]
+
+
+def _first_diff_margins(model, params, x, ref, other, eps):
+    """At each image's first differing sub-pixel: the reference's top-two in-range gap."""
+    _, h, w, c = x.shape
+    gaps = []
+    for b in range(x.shape[0]):
+        diff = np.nonzero((ref[b] != other[b]).reshape(-1))[0]
+        if len(diff) == 0:
+            continue
+        q = int(diff[0])
+        i, j, ch = q // (w * c), (q // c) % w, q % c
+        v = {"params": params}
+        feats = model.apply(v, jnp.asarray(ref[b : b + 1]), method=PixelCNN.features)
+        allv = jnp.arange(256)[None, None, None, :]
+        sc = model.apply(v, feats[:, i : i + 1, j : j + 1], jnp.asarray(ref[b : b + 1, i : i + 1,
+                         j : j + 1]), ch, allv, method=PixelCNN.channel_scores)
+        sc = np.asarray(sc)[0, 0, 0]
+        x0 = int(x[b, i, j, ch])
+        top = np.sort(sc[max(x0 - eps, 0) : min(x0 + eps, 255) + 1])[::-1]
+        gaps.append(float(top[0] - top[1]))
+    return gaps
+
+
+def _assert_same(model, params, x, ref, out, eps):
+    if np.array_equal(ref, out):
+        return
+    gaps = _first_diff_margins(model, params, x, ref, out, eps)
+    assert gaps and max(gaps) < NEAR_TIE, f"fast purifier differs beyond a near-tie: {gaps}"
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (28, 28, 1)])
+@pytest.mark.parametrize("eps", [0, 2, 16, 255])
+def test_fast_paths_equal_reference_random_images(shape, eps):
+    model, params = _setup(shape)
+    x = np.random.RandomState(eps).randint(0, 256, (2,) + shape).astype(np.uint8)
+    e = jnp.full((2,), eps, jnp.int32)
+    ref = np.asarray(make_purifier(model, "reference")(params, x, e))
+    for method in ("rows", "jacobi"):
+        out = np.asarray(make_purifier(model, method, max_eps=max(eps, 1))(params, x, e))
+        _assert_same(model, params, x, ref, out, eps)
+    lo = np.maximum(x.astype(int) - eps, 0)
+    hi = np.minimum(x.astype(int) + eps, 255)
+    assert ref.dtype == np.uint8 and np.all(ref >= lo) and np.all(ref <= hi)
+    if eps == 0:
+        np.testing.assert_array_equal(ref, x)
+
+
+def test_fast_equals_reference_real_images_and_unet():
+    from test_data import cifar_dir  # skips with a reason when the data is absent
+
+    from pxd import data
+
+    x, _ = data.load("cifar10:test[:2]", cifar_dir())
+    for over in ({}, {"downsample": True, "nr_stages": 2}):
+        model, params = _setup((32, 32, 3), seed=1, **over)
+        e = jnp.full((2,), 16, jnp.int32)
+        ref = np.asarray(make_purifier(model, "reference")(params, x, e))
+        out = np.asarray(make_purifier(model, "auto", max_eps=16)(params, x, e))
+        _assert_same(model, params, x, ref, out, 16)
+
+
+def test_cpu_preset_fast_path_equals_reference():
+    # One image of the real cpu architecture (untrained): every position decoded both ways.
+    model, params = _setup((32, 32, 3), preset="cpu", seed=2)
+    x = np.random.RandomState(7).randint(0, 256, (1, 32, 32, 3)).astype(np.uint8)
+    e = jnp.full((1,), 8, jnp.int32)
+    ref = np.asarray(make_purifier(model, "reference")(params, x, e))
+    out = np.asarray(make_purifier(model, "rows", max_eps=8)(params, x, e))
+    _assert_same(model, params, x, ref, out, 8)
+
+
+def test_per_image_eps_and_adaptive_zero():
+    model, params = _setup((28, 28, 1))
+    x = np.random.RandomState(3).randint(0, 256, (2, 28, 28, 1)).astype(np.uint8)
+    e = jnp.asarray([0, 16], jnp.int32)
+    out = np.asarray(make_purifier(model, "rows", max_eps=16)(params, x, e))
+    np.testing.assert_array_equal(out[0], x[0])
+    assert not np.array_equal(out[1], x[1])
+
+
+def test_feature_squeeze_values():
+    x = np.zeros((1, 2, 2, 1), np.uint8)
+    x[0, :, :, 0] = [[0, 9], [100, 255]]
+    # 32 levels: step 255/31; 9 -> 8.2258 -> 8, 100 -> 98.71 -> 99 (rounded to the grid)
+    out = np.asarray(feature_squeeze(x))
+    # windows (reflect pad on the far edges): (0,0): {0,8,99,255} -> (8+99)/2=53.5 -> 54
+    assert out[0, 0, 0, 0] == 54
+    # (0,1): cols 1 and reflected col 0 -> {8, 0, 255, 99} -> 54; (1,0): rows 1, 0 -> 54
+    assert out[0, 0, 1, 0] == 54 and out[0, 1, 0, 0] == 54
+    assert out.dtype == np.uint8
+    flat = np.full((1, 4, 4, 3), 77, np.uint8)
+    q = round(round(77 / (255 / 31)) * 255 / 31)
+    np.testing.assert_array_equal(np.asarray(feature_squeeze(flat)), q)
