@@ -59,6 +59,58 @@ def _root(
     """pxd: PixelDefend (Song et al., ICLR 2018) made fast, in JAX."""
 
 
+@app.command("score")
+def score(
+    inputs: Annotated[list[str], typer.Argument(help="Files, folders or dataset specs.")],
+    bpd: Annotated[bool, typer.Option("--bpd/--no-bpd", help="Score by bits/dim.")] = True,
+    density: Annotated[str | None, typer.Option(help="Density run dir (default: zoo).")] = None,
+    reference: Annotated[str | None, typer.Option(
+        help="Clean reference set, e.g. cifar10:train[:2000]: adds ROC AUC and p-values.")] = None,
+    plot: Annotated[str | None, typer.Option("--plot", help="Write PNG figures here.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
+    data_dir: DataDir = None,
+    devices: Devices = None,
+    json_out: Json = False,
+    quiet: Quiet = False,
+):
+    """Score images by bits/dim under the PixelCNN (detection of adversarial inputs)."""
+    rep = _setup(devices, False, quiet, json_out)
+    from pxd.commands.score import run_score
+
+    if not bpd:
+        raise PxdError("bits/dim is the only score pxd computes; drop --no-bpd")
+    run_score(inputs, density=density, reference=reference, plot_dir=plot, data_dir=data_dir,
+              batch_size=batch_size, rep=rep)
+
+
+@app.command("purify")
+def purify(
+    input: Annotated[str, typer.Argument(help="File, folder or dataset spec.")],
+    out: Annotated[str, typer.Option("--out", help="Output .npz (written when complete).")],
+    eps: Annotated[float, typer.Option("--eps", help="eps_defend on the 0-255 scale.")] = 16,
+    method: Annotated[str, typer.Option(help="pixeldefend or feature-squeeze.")] = "pixeldefend",
+    density: Annotated[str | None, typer.Option(help="Density run dir (default: zoo).")] = None,
+    adaptive_threshold: Annotated[float | None, typer.Option(
+        help="Adaptive PixelDefend: purify only images above this bits/dim.")] = None,
+    grid: Annotated[str | None, typer.Option(help="PNG: inputs above purified.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
+    chunk: Annotated[int, typer.Option(help="Images per resumable chunk.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Images per device batch.")] = 32,
+    data_dir: DataDir = None,
+    devices: Devices = None,
+    distributed: Distributed = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
+):
+    """Purify images with PixelDefend (greedy decode in the eps-ball) before classifying."""
+    rep = _setup(devices, distributed, quiet, json_out)
+    from pxd.commands.purify import run_purify
+
+    run_purify(input, out, eps=eps, method=method, density=density,
+               adaptive_threshold=adaptive_threshold, grid=grid, resume=resume, chunk=chunk,
+               batch_size=batch_size, data_dir=data_dir, rep=rep)
+
+
 @app.command("train-density")
 def train_density(
     out: Annotated[str, typer.Option("--out", help="Run directory (config, checkpoints).")],
