@@ -32,9 +32,9 @@ def _first_diff_margins(model, params, x, ref, other, eps):
         i, j, ch = q // (w * c), (q // c) % w, q % c
         v = {"params": params}
         feats = model.apply(v, jnp.asarray(ref[b : b + 1]), method=PixelCNN.features)
-        allv = jnp.arange(256)[None, None, None, :]
+        zero = jnp.zeros((1, 1, 1), jnp.int32)
         sc = model.apply(v, feats[:, i : i + 1, j : j + 1], jnp.asarray(ref[b : b + 1, i : i + 1,
-                         j : j + 1]), ch, allv, method=PixelCNN.channel_scores)
+                         j : j + 1]), ch, zero, 256, method=PixelCNN.channel_scores)
         sc = np.asarray(sc)[0, 0, 0]
         x0 = int(x[b, i, j, ch])
         top = np.sort(sc[max(x0 - eps, 0) : min(x0 + eps, 255) + 1])[::-1]

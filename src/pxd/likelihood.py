@@ -86,19 +86,32 @@ def mixture_logits(raw: jax.Array, x: jax.Array, nr_mix: int) -> jax.Array:
 
 
 def mixture_channel_scores(
-    raw: jax.Array, x: jax.Array, c: int, values: jax.Array, nr_mix: int
+    raw: jax.Array, x: jax.Array, c: int, start: jax.Array, k: int, nr_mix: int
 ) -> jax.Array:
-    """Unnormalised log-probabilities of channel c at `values` (B, H, W, K).
+    """Unnormalised log-probabilities of channel c at values start, ..., start+k-1.
 
-    Same arithmetic per value as `mixture_logits` before its final normalisation.
+    raw: (B, H, W, P) head output; x: (B, H, W, C) (channels < c are read); start:
+    (B, H, W) integers. Returns (B, H, W, k); entries for values above 255 are
+    meaningless (callers mask them). The k+1 bin edges are shared by neighbouring
+    values, and each value's score depends only on the value itself, not on the window
+    it was computed in: the same value gets the same bits from any window.
     """
     channels = x.shape[-1]
     logit_probs, means, log_scales, coeffs = split_mixture(raw, channels, nr_mix)
     xc = x.astype(jnp.float32) * (2.0 / 255.0) - 1.0
-    mu = _conditional_means(means, coeffs, xc)[..., c, :]  # (..., M)
-    lp = _bin_logprob(
-        values.astype(jnp.float32)[..., None], mu[..., None, :], log_scales[..., c, None, :]
-    )
+    mu = _conditional_means(means, coeffs, xc)[..., c, None, :]  # (..., 1, M)
+    inv_s = jnp.exp(-log_scales[..., c, None, :])
+    v = (start[..., None] + jnp.arange(k + 1, dtype=jnp.int32)).astype(jnp.float32)
+    # standardised lower edge of bin v: (x_v - 1/255 - mu) / s
+    edge = (v[..., None] * (2.0 / 255.0) - (1.0 + _HALF_BIN) - mu) * inv_s  # (..., k+1, M)
+    sp = jax.nn.softplus(edge)
+    log_cdf = edge - sp  # log sigmoid(edge)
+    log_sf = -sp  # log sigmoid(-edge)
+    width = jnp.log(-jnp.expm1(-(2.0 * _HALF_BIN) * inv_s))  # (..., 1, M)
+    upper_cdf, lower_sf = log_cdf[..., 1:, :], log_sf[..., :-1, :]
+    vals = v[..., :-1, None]
+    lp = jnp.where(vals <= 0, upper_cdf,
+                   jnp.where(vals >= 255, lower_sf, upper_cdf + lower_sf + width))
     log_pi = jax.nn.log_softmax(logit_probs, axis=-1)[..., None, :]
     return jax.nn.logsumexp(lp + log_pi, axis=-1)
 

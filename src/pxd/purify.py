@@ -36,16 +36,12 @@ def feasible_range(x0: jax.Array, eps: jax.Array):
     return jnp.maximum(x0 - e, 0), jnp.minimum(x0 + e, 255)
 
 
-def _window(lo: jax.Array, k: int) -> jax.Array:
-    """Candidate values lo, lo+1, ..., lo+k-1 (clipped to 255), shape (..., k)."""
-    return jnp.minimum(lo[..., None] + jnp.arange(k, dtype=jnp.int32), 255)
-
-
-def _pick(scores: jax.Array, values: jax.Array, hi: jax.Array) -> jax.Array:
-    """Argmax over candidate values <= hi (values ascending, so ties go to the lowest)."""
-    masked = jnp.where(values <= hi[..., None], scores, -jnp.inf)
-    idx = jnp.argmax(masked, axis=-1)
-    return jnp.take_along_axis(values, idx[..., None], axis=-1)[..., 0]
+def _pick(scores: jax.Array, start: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
+    """Argmax of scores of values start, start+1, ... within [lo, hi]; ties to the lowest."""
+    values = start[..., None] + jnp.arange(scores.shape[-1], dtype=jnp.int32)
+    ok = (values >= lo[..., None]) & (values <= hi[..., None])
+    idx = jnp.argmax(jnp.where(ok, scores, -jnp.inf), axis=-1)
+    return start + idx.astype(jnp.int32)
 
 
 def _as_eps(eps, batch: int) -> jax.Array:
@@ -62,18 +58,17 @@ def purify_reference(model: PixelCNN, params, x: jax.Array, eps) -> jax.Array:
     b, h, w, c = x.shape
     v = {"params": params}
     lo, hi = feasible_range(x, _as_eps(eps, b))
-    allv = jnp.broadcast_to(jnp.arange(256, dtype=jnp.int32), (b, 1, 1, 256))
+    zero = jnp.zeros((b, 1, 1), jnp.int32)
 
     def step(xc, p):
         i, j, ch = p // (w * c), (p // c) % w, p % c
         feats = model.apply(v, xc, method=PixelCNN.features)
         hp = jax.lax.dynamic_slice(feats, (0, i, j, 0), (b, 1, 1, feats.shape[-1]))
         xp = jax.lax.dynamic_slice(xc, (0, i, j, 0), (b, 1, 1, c))
-        scores = model.apply(v, hp, xp, ch, allv, method=PixelCNN.channel_scores)
+        scores = model.apply(v, hp, xp, ch, zero, 256, method=PixelCNN.channel_scores)
         lo_p = jax.lax.dynamic_slice(lo, (0, i, j, ch), (b, 1, 1, 1))[..., 0]
         hi_p = jax.lax.dynamic_slice(hi, (0, i, j, ch), (b, 1, 1, 1))[..., 0]
-        new = jnp.where((allv >= lo_p[..., None]), scores, -jnp.inf)
-        val = _pick(new, allv, hi_p)
+        val = _pick(scores, zero, lo_p, hi_p)
         xc = jax.lax.dynamic_update_slice(xc, val[..., None].astype(xc.dtype), (0, i, j, ch))
         return xc, None
 
@@ -89,15 +84,19 @@ def _greedy_channels(model, v, feats, xcur, lo, hi, k: int):
     """
     new = xcur
     for ch in range(xcur.shape[-1]):
-        cand = _window(lo[..., ch], k)
-        scores = model.apply(v, feats, new, ch, cand, method=PixelCNN.channel_scores)
-        val = _pick(scores, cand, hi[..., ch])
+        start = lo[..., ch] if k < 256 else jnp.zeros_like(lo[..., ch])
+        scores = model.apply(v, feats, new, ch, start, k, method=PixelCNN.channel_scores)
+        val = _pick(scores, start, lo[..., ch], hi[..., ch])
         new = new.at[..., ch].set(val.astype(new.dtype))
     return new
 
 
-def purify_rows(model: PixelCNN, params, x: jax.Array, eps, *, max_eps: int) -> jax.Array:
-    """Exact fast purification for networks without downsampling. x uint8 (B, H, W, C)."""
+def purify_rows(model: PixelCNN, params, x: jax.Array, eps, *, max_eps: int,
+                return_iters: bool = False) -> jax.Array:
+    """Exact fast purification for networks without downsampling. x uint8 (B, H, W, C).
+
+    With return_iters, also returns the Jacobi iterations each row took (H,).
+    """
     if model.downsample and model.nr_stages > 1:
         raise ValueError("purify_rows needs a network without downsampling; use purify_jacobi")
     b, h, w, c = x.shape
@@ -142,12 +141,12 @@ def purify_rows(model: PixelCNN, params, x: jax.Array, eps, *, max_eps: int) -> 
             return new, row, cul, it + 1
 
         first, cul = update(row0)
-        row, _, cul, _ = jax.lax.while_loop(cond, body, (first, row0, cul, jnp.int32(1)))
+        row, _, cul, iters = jax.lax.while_loop(cond, body, (first, row0, cul, jnp.int32(1)))
         xcur = jax.lax.dynamic_update_slice(xcur, row, (0, i, 0, 0))
-        return (xcur, ctx_u_new, cul), None
+        return (xcur, ctx_u_new, cul), iters
 
-    (out, _, _), _ = jax.lax.scan(row_step, (x, ctx_u0, ctx_ul0), jnp.arange(h))
-    return out
+    (out, _, _), iters = jax.lax.scan(row_step, (x, ctx_u0, ctx_ul0), jnp.arange(h))
+    return (out, iters) if return_iters else out
 
 
 def purify_jacobi(model: PixelCNN, params, x: jax.Array, eps, *, max_eps: int) -> jax.Array:

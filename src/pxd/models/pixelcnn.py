@@ -235,15 +235,15 @@ class PixelCNN(nn.Module):
         """Per-sub-pixel NLL in nats (B, H, W, C) at the observed values (training)."""
         return self._run("nll", h, x)
 
-    def channel_scores(self, h, x, c: int, values):
-        """Unnormalised log-probabilities of channel `c` taking `values` (..., K).
+    def channel_scores(self, h, x, c: int, start, k: int):
+        """Unnormalised log-probabilities of channel `c` at values start..start+k-1.
 
         h: (B, H, W, F) features; x: (B, H, W, C) current values (channels < c are read);
-        values: (B, H, W, K) integers. Differs from `logits` by a constant per position,
-        so its argmax over any set of values is the same; the purifier uses it to score
-        only the values inside the feasible range.
+        start: (B, H, W) integers; returns (B, H, W, k), meaningless above 255. Differs
+        from `logits` by a constant per position, so its argmax over any set of values is
+        the same; the purifier scores only the values inside the feasible range.
         """
-        return self._run("channel_scores", h, x, c, values)
+        return self._run("channel_scores", h, x, c, start, k)
 
     def __call__(self, x, *, train: bool = False):
         """Per-sub-pixel NLL (nats), (B, H, W, C)."""
@@ -282,12 +282,13 @@ class PixelCNN(nn.Module):
             return mixture_nll(raw, x, self.nr_mix)
         return nll_from_logits(self._softmax_logits(h, x), x)
 
-    def _op_channel_scores(self, h, x, c, values, *, train):
+    def _op_channel_scores(self, h, x, c, start, k, *, train):
         if self.head == "mixture":
             raw = nn.Dense(self.nr_mix * (1 + 3 * self.channels), name="head")(h)
-            return mixture_channel_scores(raw, x, c, values, self.nr_mix)
+            return mixture_channel_scores(raw, x, c, start, k, self.nr_mix)
         lg = self._softmax_logits(h, x)[..., c, :]
-        return jnp.take_along_axis(lg, values.astype(jnp.int32), axis=-1)
+        idx = jnp.minimum(start[..., None] + jnp.arange(k), 255)
+        return jnp.take_along_axis(lg, idx, axis=-1)
 
     def _softmax_logits(self, h, x):
         f = h.shape[-1]
