@@ -56,7 +56,7 @@ def test_fast_paths_equal_reference_random_images(shape, eps):
     x = np.random.RandomState(eps).randint(0, 256, (2,) + shape).astype(np.uint8)
     e = jnp.full((2,), eps, jnp.int32)
     ref = np.asarray(make_purifier(model, "reference")(params, x, e))
-    for method in ("rows", "jacobi"):
+    for method in ("pixels", "rows", "jacobi"):
         out = np.asarray(make_purifier(model, method, max_eps=max(eps, 1))(params, x, e))
         _assert_same(model, params, x, ref, out, eps)
     lo = np.maximum(x.astype(int) - eps, 0)
@@ -86,15 +86,16 @@ def test_cpu_preset_fast_path_equals_reference():
     x = np.random.RandomState(7).randint(0, 256, (1, 32, 32, 3)).astype(np.uint8)
     e = jnp.full((1,), 8, jnp.int32)
     ref = np.asarray(make_purifier(model, "reference")(params, x, e))
-    out = np.asarray(make_purifier(model, "rows", max_eps=8)(params, x, e))
-    _assert_same(model, params, x, ref, out, 8)
+    for method in ("pixels", "rows"):
+        out = np.asarray(make_purifier(model, method, max_eps=8)(params, x, e))
+        _assert_same(model, params, x, ref, out, 8)
 
 
 def test_per_image_eps_and_adaptive_zero():
     model, params = _setup((28, 28, 1))
     x = np.random.RandomState(3).randint(0, 256, (2, 28, 28, 1)).astype(np.uint8)
     e = jnp.asarray([0, 16], jnp.int32)
-    out = np.asarray(make_purifier(model, "rows", max_eps=16)(params, x, e))
+    out = np.asarray(make_purifier(model, "pixels", max_eps=16)(params, x, e))
     np.testing.assert_array_equal(out[0], x[0])
     assert not np.array_equal(out[1], x[1])
 

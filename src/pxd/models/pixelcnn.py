@@ -69,6 +69,8 @@ class CausalConv(nn.Module):
             "kernel", nn.initializers.lecun_normal(), (2, kw, cin, self.features)
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if isinstance(ctx, tuple):
+            return self._pixel(x, ctx, kernel, bias)
         if ctx is None:
             ctx = jnp.zeros_like(x[:, :1])
         xin = jnp.concatenate([ctx, x], axis=1)
@@ -78,6 +80,18 @@ class CausalConv(nn.Module):
             xin, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
         return y + bias
+
+    def _pixel(self, x, ctx, kernel, bias):
+        """One pixel (i, j): x (B,1,1,Cin) is the input at (i, j); ctx = (row above (B,1,W,Cin),
+        input at (i, j-1) (B,1,1,Cin), j). Same taps as the strip convolution."""
+        if self.mode != "downright":
+            raise ValueError("pixel mode is for the down-right stream")
+        row, left, j = ctx
+        rowp = jnp.pad(row, ((0, 0), (0, 0), (1, 0), (0, 0)))
+        top = jax.lax.dynamic_slice_in_dim(rowp, j, 2, axis=2)  # columns j-1, j
+        patch = jnp.concatenate([top, jnp.concatenate([left, x], axis=2)], axis=1)
+        y = jnp.einsum("bhwc,hwco->bo", patch, kernel)
+        return y[:, None, None, :] + bias
 
 
 class StridedCausalConv(nn.Module):
@@ -179,10 +193,17 @@ class PixelCNN(nn.Module):
                 u = CausalDeconv(f, "down", name=f"u_up_{s}")(u)
         return reads
 
-    def _ul_stream(self, xs, xr, reads, ctx, saves, train):
+    def _ul_in_v(self, xs, ctx):
+        return CausalConv(self.nr_filters, "down", name="ul_in_v")(xs, ctx)
+
+    def _ul_stream(self, xs, xr, reads, ctx, saves, train, ul_v=None):
+        """ul stream. In pixel mode (ctx yields (row, left, j) tuples) `ul_v`, the part
+        that reads only the rows above, is given precomputed for the pixel."""
         f = self.nr_filters
-        saves.append(xs[:, -1:])
-        ul = CausalConv(f, "down", name="ul_in_v")(xs, None if ctx is None else next(ctx))
+        if ul_v is None:
+            saves.append(xs[:, -1:])
+            ul_v = self._ul_in_v(xs, None if ctx is None else next(ctx))
+        ul = ul_v
         saves.append(xr[:, -1:])
         ul = ul + CausalConv(f, "downright", name="ul_in_h")(
             xr, None if ctx is None else next(ctx)
@@ -223,6 +244,15 @@ class PixelCNN(nn.Module):
     def strip_ul(self, xs_row, xr_row, reads, ctx_ul):
         """ul stream on one row given the u reads; returns (features (B,1,W,F), new_ctx_ul)."""
         return self._run("strip_ul", xs_row, xr_row, reads, ctx_ul)
+
+    def strip_ul_v(self, xs_row, ctx0):
+        """The ul stream's input from the rows above, for a whole row: (B, 1, W, F)."""
+        return self._run("strip_ul_v", xs_row, ctx0)
+
+    def pixel_ul(self, xr_pix, ul_v_pix, reads_pix, ctx_rows, lefts, j):
+        """ul stream for one pixel (i, j) with cached rows above and the left neighbours'
+        inputs; returns (features (B,1,1,F), this pixel's conv inputs in call order)."""
+        return self._run("pixel_ul", xr_pix, ul_v_pix, reads_pix, ctx_rows, lefts, j)
 
     def logits(self, h, x):
         """256-way normalised log-probabilities (B, H, W, C, 256) given features and values.
@@ -268,6 +298,15 @@ class PixelCNN(nn.Module):
     def _op_strip_ul(self, xs_row, xr_row, reads, ctx_ul, *, train):
         saves = []
         h = self._ul_stream(xs_row, xr_row, reads, iter(ctx_ul), saves, False)
+        return h, saves
+
+    def _op_strip_ul_v(self, xs_row, ctx0, *, train):
+        return self._ul_in_v(xs_row, ctx0)
+
+    def _op_pixel_ul(self, xr_pix, ul_v_pix, reads_pix, ctx_rows, lefts, j, *, train):
+        saves = []
+        ctx = iter([(r, l, j) for r, l in zip(ctx_rows, lefts, strict=True)])
+        h = self._ul_stream(None, xr_pix, reads_pix, ctx, saves, False, ul_v=ul_v_pix)
         return h, saves
 
     def _op_logits(self, h, x, *, train):
