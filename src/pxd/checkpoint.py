@@ -13,6 +13,8 @@ import os
 import shutil
 from typing import Any
 
+import jax
+
 from pxd.errors import PxdError
 
 
@@ -81,8 +83,51 @@ def save_params(path: str, params: Any) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def save_msgpack(path: str, params: Any) -> str:
+    """Inference parameters as one msgpack file (the zoo's format); returns its sha256."""
+    import hashlib
+
+    from flax import serialization
+
+    blob = serialization.msgpack_serialize(jax.device_get(params))
+    _write_bytes(path, blob)
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _write_bytes(path: str, blob: bytes) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_msgpack(path: str) -> Any:
+    """A zoo file; its sha256 must match the `sha256` of card.json beside it."""
+    import hashlib
+
+    from flax import serialization
+
+    with open(path, "rb") as f:
+        blob = f.read()
+    card = os.path.join(os.path.dirname(path), "card.json")
+    if os.path.exists(card):
+        with open(card) as f:
+            want = json.load(f).get("sha256")
+        got = hashlib.sha256(blob).hexdigest()
+        if want != got:
+            raise PxdError(f"checksum mismatch for {path}: card says {want}, file is {got}")
+    try:
+        return serialization.msgpack_restore(blob)
+    except Exception as e:
+        raise PxdError(f"cannot read parameters {path}: {type(e).__name__}") from None
+
+
 def load_params(path: str, target: Any | None = None) -> Any:
     path = os.path.abspath(path)
+    if path.endswith(".msgpack") and os.path.isfile(path):
+        return _load_msgpack(path)
     if not os.path.isdir(path):
         raise PxdError(f"no parameters at {path}")
     try:

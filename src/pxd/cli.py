@@ -111,6 +111,27 @@ def purify(
                batch_size=batch_size, data_dir=data_dir, rep=rep)
 
 
+@app.command("zoo")
+def zoo_cmd(
+    json_out: Json = False,
+):
+    """List the models shipped with pxd and what pxd measured for them."""
+    from pxd import zoo
+    from pxd.report import Reporter
+
+    rep = Reporter(json_mode=json_out)
+    rows = []
+    for e in zoo.entries():
+        figure = e.get("test_bpd") or e.get("test_acc")
+        what = "bits/dim" if e.get("kind") == "density" else "accuracy"
+        rows.append([e["name"], e.get("kind"), e.get("dataset"), e.get("preset"),
+                     f"{what} {figure}", e.get("steps"), "yes" if e.get("default") else "",
+                     e["sha256"][:12]])
+    rep.table("pxd zoo", ["name", "kind", "dataset", "preset", "test figure", "steps",
+                          "default", "sha256"], rows)
+    rep.json(zoo.entries())
+
+
 @app.command("train-density")
 def train_density(
     out: Annotated[str, typer.Option("--out", help="Run directory (config, checkpoints).")],

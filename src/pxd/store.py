@@ -26,10 +26,11 @@ def params_digest(params) -> str:
 
 
 def run_params_path(run_dir: str) -> str:
-    """The inference parameters of a run: `best/` when it exists, else `final/`."""
-    for name in ("best", "final"):
+    """The inference parameters of a run: a zoo entry's `params.msgpack`, else the run's
+    `best/`, else `final/`."""
+    for name in ("params.msgpack", "best", "final"):
         p = os.path.join(run_dir, name)
-        if os.path.isdir(p):
+        if os.path.exists(p):
             return p
     raise PxdError(f"{run_dir} holds no trained parameters (best/ or final/)")
 

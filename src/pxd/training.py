@@ -52,9 +52,11 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, ema_decay
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = jax.tree_util.tree_map(
-            lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params
-        )
+        # Warm-up as TF's ExponentialMovingAverage(num_updates): early averages would
+        # otherwise be dominated by the random initialisation for ~1/(1-decay) steps.
+        t = state.step.astype(jnp.float32)
+        decay = jnp.minimum(ema_decay, (1.0 + t) / (10.0 + t))
+        ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema, params)
         metrics = dict(metrics, loss=loss)
         return TrainState(state.step + 1, params, ema, opt_state, model_state), metrics
 
