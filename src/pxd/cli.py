@@ -249,6 +249,69 @@ def attack_cmd(
 # --- end classifiers and attacks ---
 
 
+# --- bench ---
+
+
+@app.command("bench")
+def bench(
+    attack: Annotated[str, typer.Option(
+        "--attack", help="all (rand,fgsm,bim,deepfool,cw) or a comma list (pgd too).")] = "all",
+    eps_attack: Annotated[str, typer.Option(
+        "--eps-attack", help="Comma list of L-inf budgets, 0-255 scale.")] = "2,8,16",
+    clf: Annotated[list[str] | None, typer.Option(
+        "--clf", help="Classifier run dir; repeat for more rows (default: zoo).")] = None,
+    density: Annotated[str | None, typer.Option(help="Density run dir (default: zoo).")] = None,
+    defense: Annotated[str, typer.Option(
+        "--defense", help="all or a comma list of none, feature-squeeze, pixeldefend, "
+        "adaptive-pixeldefend.")] = "all",
+    eps_defend: Annotated[float, typer.Option(help="eps_defend, 0-255 scale.")] = 16,
+    adaptive_threshold: Annotated[float | None, typer.Option(
+        help="Bits/dim above which adaptive PixelDefend purifies (default: mean clean "
+        "bits/dim of 256 held-out test images + 0.2).")] = None,
+    n: Annotated[int, typer.Option("--n", help="First N test images.")] = 500,
+    dataset: Annotated[str | None, typer.Option(
+        help="Dataset (default: the classifier's).")] = None,
+    out: Annotated[str, typer.Option("--out", help="Output folder (cache inside).")] = "bench-out",
+    adaptive_steps: Annotated[int, typer.Option(
+        help="BPDA-PGD steps (0: no adaptive column).")] = 40,
+    adaptive_n: Annotated[int | None, typer.Option(
+        help="Images for the adaptive column (default: all N).")] = None,
+    adaptive_bpd_weight: Annotated[float, typer.Option(
+        help="Weight of the bits/dim pull in the adaptive PixelDefend attack.")] = 1.0,
+    restarts: Annotated[int, typer.Option(help="BPDA-PGD random restarts.")] = 1,
+    attack_opt: Annotated[list[str] | None, typer.Option(
+        "--attack-opt", help="ATTACK.OPTION=VALUE, repeatable (e.g. cw.search_steps=2).")] = None,
+    speed: Annotated[bool, typer.Option(
+        "--speed", help="Throughput benchmark instead (make bench); --out FILE.json.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    data_dir: DataDir = None,
+    seed: Seed = 0,
+    devices: Devices = None,
+    distributed: Distributed = False,
+    json_out: Json = False,
+    quiet: Quiet = False,
+):
+    """Table 1 of the paper: attacks x defences x eps, adaptive BPDA, detection, sanity."""
+    rep = _setup(devices, distributed, quiet, json_out)
+    from pxd.commands import bench as bench_cmd
+
+    if speed:
+        bench_cmd.run_speed(out, density=density, batch_size=batch_size, data_dir=data_dir,
+                            rep=rep)
+        return
+    bench_cmd.run_bench(
+        attacks=attack, eps_attack=eps_attack, clfs=clf, density=density, defenses=defense,
+        eps_defend=eps_defend, adaptive_threshold=adaptive_threshold, n=n, dataset=dataset,
+        out=out, adaptive_steps=adaptive_steps, adaptive_n=adaptive_n,
+        adaptive_bpd_weight=adaptive_bpd_weight, restarts=restarts, seed=seed,
+        batch_size=batch_size, attack_opts=bench_cmd.parse_attack_opts(attack_opt),
+        command=" ".join(sys.argv), data_dir=data_dir, rep=rep,
+    )
+
+
+# --- end bench ---
+
+
 def main() -> None:
     """Entry point: bad input gives one line on stderr and exit 2, never a traceback."""
     debug = os.environ.get("PXD_DEBUG") == "1"

@@ -117,6 +117,9 @@ def train_loop(
         idx = batch_indices(seed, s, n, batch_size)
         batch, _ = devices.shard_batch({k: v[idx] for k, v in data.items()}, m)
         state, metrics = step_fn(state, batch, key=key)
+        # Wait for every step: queuing many sharded steps has deadlocked XLA's CPU
+        # collectives (seen with 2 virtual devices), and the host has no work to overlap.
+        jax.block_until_ready(metrics)
         done_here += 1
         step_no = s + 1
         if on_step is not None:

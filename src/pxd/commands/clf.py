@@ -82,10 +82,17 @@ def run_train_clf(
     def inference(state) -> dict:
         return jax.device_get({"params": state.params, "batch_stats": state.model_state})
 
+    saved_at = [None]  # step whose variables best/ holds
+
+    def save_best(state):
+        if saved_at[0] != int(state.step):
+            checkpoint.save_params(os.path.join(out, "best"), inference(state))
+            saved_at[0] = int(state.step)
+
     def eval_fn(state):
         f = make_logits_fn(model, state.params, state.model_state)
         acc = evaluate_accuracy(f, x_eval, y_eval)
-        checkpoint.save_params(os.path.join(out, "best"), inference(state))
+        save_best(state)
         return {"eval_acc": acc}
 
     def write_meta(extra: dict):
@@ -116,8 +123,8 @@ def run_train_clf(
             seed=cfg.seed, run_dir=out, ckpt_every=cfg.ckpt_every, eval_every=cfg.eval_every,
             eval_fn=eval_fn, on_step=on_step, on_eval=on_eval, stop_after=stop_after,
         )
+    save_best(state)
     variables = inference(state)
-    checkpoint.save_params(os.path.join(out, "best"), variables)
     step = int(state.step)
     result = {"out": out, "step": step, "complete": step >= cfg.steps,
               "digest": params_digest(variables)}

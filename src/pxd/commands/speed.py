@@ -100,6 +100,14 @@ def run_bench_speed(*, density: str | None, preset: str = "cpu", n_fast: int = 6
 
     rep = rep or Reporter(quiet=True)
     x, _ = data.load(f"cifar10:test[:{max(n_fast, n_ref)}]", data_dir)
+    if density is None:
+        from pxd import zoo
+        from pxd.errors import PxdError
+
+        try:
+            density = zoo.default_path("density", (32, 32, 3))
+        except PxdError:
+            rep.info("no shipped CIFAR-10 density model: timing an untrained one")
     if density is not None:
         from pxd.store import load_density
 
