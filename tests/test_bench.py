@@ -1,0 +1,215 @@
+"""`pxd bench` end to end on smoke models and a handful of images, plus the BPDA attack.
+
+The grid runs once (all attacks, all defences, eps 0/2/8, BPDA with 2 steps) and once more
+from its cache; the checks are the grid's guarantees, the files, the cache and the bounds of
+everything crafted.
+"""
+
+import glob
+import json
+import os
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pxd import adaptive
+from pxd.commands import bench
+from pxd.errors import PxdError
+
+N = 4
+EPS = "0,2,8"
+# few iterations keep DeepFool and CW cheap; they are tested for strength elsewhere
+FAST_OPTS = {"deepfool": {"max_iter": 3}, "cw": {"search_steps": 1, "max_iterations": 5}}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from test_data import cifar_dir
+
+    from pxd.classify import clf_config
+    from pxd.commands.clf import run_train_clf
+    from pxd.commands.density import run_train_density
+    from pxd.density import density_config
+
+    data_dir = cifar_dir()  # skips without CIFAR-10
+    root = tmp_path_factory.mktemp("bench_models")
+    dens, clf = str(root / "density"), str(root / "clf")
+    run_train_density(density_config("cifar10", "smoke", steps=20, eval_n=32), dens,
+                      data_dir=data_dir)
+    run_train_clf(clf_config("cifar10", "resnet", "normal", "smoke", steps=20, eval_n=32,
+                             test_n=32), clf, data_dir=data_dir)
+    return dict(density=dens, clf=clf, data_dir=data_dir)
+
+
+def _run(models, out):
+    return bench.run_bench(
+        attacks="all", eps_attack=EPS, clfs=[models["clf"]], density=models["density"],
+        defenses="all", n=N, out=out, adaptive_steps=2, restarts=1, batch_size=4,
+        attack_opts=FAST_OPTS, command="pytest", data_dir=models["data_dir"],
+    )
+
+
+@pytest.fixture(scope="module")
+def grid(models, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("bench_out"))
+    t = time.perf_counter()
+    first = _run(models, out)
+    return dict(out=out, first=first, seconds=time.perf_counter() - t)
+
+
+def test_outputs_exist(grid):
+    out = grid["out"]
+    for f in ("report.md", "results.json", "per_image.csv", "roc_eps2.png", "roc_eps8.png"):
+        assert os.path.getsize(os.path.join(out, f)) > 0, f
+    for d in bench.DEFENCES:
+        assert os.path.exists(os.path.join(out, f"acc_vs_eps_{d}.png"))
+    report = open(os.path.join(out, "report.md")).read()
+    assert "Command: `pytest`" in report and "paper Table 1" in report
+    assert "ADAPTIVE (BPDA)" in report and "ROC AUC" in report
+    lines = open(os.path.join(out, "per_image.csv")).read().strip().splitlines()
+    assert len(lines) == N + 1
+    # clean + 5 attacks x 3 eps + BPDA x 3 eps, for each of the 4 defence rows
+    assert len(lines[0].split(",")) == 2 + 4 * (1 + 5 * 3 + 3)
+
+
+def test_grid_guarantees(grid):
+    res = json.load(open(os.path.join(grid["out"], "results.json")))
+    assert [r["defence"] for r in res["rows"]] == list(bench.DEFENCES)
+    attacks = res["attacks"]
+    assert attacks == list(bench.PAPER_ATTACKS)
+    for r in res["rows"]:
+        acc = r["acc"]
+        for e in ("0", "2", "8"):
+            assert all(acc["strongest"][e] <= acc[a][e] for a in attacks), r["name"]
+            assert acc["strongest"][e] == min(acc[a][e] for a in attacks)
+            assert acc["worst"][e] <= acc["strongest"][e]
+        for col in attacks + ["strongest", "worst", "adaptive"]:
+            assert acc[col]["0"] == acc["clean"]["0"], (r["name"], col)
+    assert res["consistency"] and all(c["ok"] for c in res["consistency"])
+    assert {c["status"] for c in res["sanity"]} <= {"PASS", "WARN"} and len(res["sanity"]) == 3
+    assert res["threshold"] is not None
+    assert res["density"]["sha256"] and res["classifiers"][0]["sha256"]
+    for row in res["detection"]:
+        assert row["auc"]["0"] == 0.5  # eps 0: the same images on both sides
+
+
+def test_crafted_within_bounds(grid):
+    from pxd.data import load
+
+    x, _ = load(f"cifar10:test[:{N}]", None)
+    x = x.astype(int)
+    files = glob.glob(os.path.join(grid["out"], "cache", "adv_*.npz")) + \
+        glob.glob(os.path.join(grid["out"], "cache", "bpda_*.npz"))
+    bpda = [f for f in files if os.path.basename(f).startswith("bpda_")]
+    assert len(bpda) == 4 * 2  # 4 defences x eps 2, 8 (eps 0 is the input itself)
+    for f in files:
+        eps = int(re.match(r"(?:adv|bpda)_[0-9a-f]+_[a-z-]+_(\d+)_", os.path.basename(f))[1])
+        with np.load(f) as z:
+            xa = z["x"]
+        assert xa.dtype == np.uint8 and xa.shape == x.shape, f  # integral, in [0, 255]
+        assert np.abs(xa.astype(int) - x).max() <= eps, f
+
+
+def test_rerun_reuses_cache(grid, models):
+    cache_files = sorted(glob.glob(os.path.join(grid["out"], "cache", "*.npz")))
+    before = {f: os.stat(f).st_mtime_ns for f in cache_files}
+    t = time.perf_counter()
+    second = _run(models, grid["out"])
+    seconds = time.perf_counter() - t
+    assert all(v["new"] == 0 for v in second["cache"].values()), second["cache"]
+    assert {f: os.stat(f).st_mtime_ns for f in cache_files} == before
+    assert sorted(glob.glob(os.path.join(grid["out"], "cache", "*.npz"))) == cache_files
+    assert [r["acc"] for r in second["rows"]] == [r["acc"] for r in grid["first"]["rows"]]
+    assert seconds < grid["seconds"] / 3
+
+
+def test_cli_runs_from_cache(grid, models):
+    from typer.testing import CliRunner
+
+    from pxd.cli import app
+
+    args = ["bench", "--attack", "fgsm,bim", "--eps-attack", "0,8", "--clf", models["clf"],
+            "--density", models["density"], "--defense", "none,pixeldefend", "--n", str(N),
+            "--out", grid["out"], "--adaptive-steps", "0", "--batch-size", "4",
+            "--data-dir", models["data_dir"], "--json"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["cache"]["attacks"]["new"] == 0 and res["cache"]["purified"]["new"] == 0
+    assert res["columns"] == ["clean", "fgsm", "bim", "strongest", "worst"]
+
+
+# --------------------------------------------------------------------------- BPDA unit tests
+
+
+def test_bpda_forward_is_real_backward_is_identity():
+    f = adaptive.bpda(lambda z: jnp.round(z / 16.0) * 16.0)
+    x = jnp.asarray([[3.0, 9.0], [30.0, 201.0]])
+    np.testing.assert_array_equal(np.asarray(f(x)), [[0.0, 16.0], [32.0, 208.0]])
+    g = jax.grad(lambda z: jnp.sum(f(z) * jnp.asarray([1.0, -2.0])))(x)
+    np.testing.assert_array_equal(np.asarray(g), [[1.0, -2.0], [1.0, -2.0]])
+
+
+def test_bpda_pgd_bounds_and_strength():
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.normal(size=(64, 3)), jnp.float32)
+
+    def logits_fn(z):
+        return (z.reshape(z.shape[0], -1) / 127.5 - 1.0) @ w
+
+    def quantise(z):  # non-differentiable, like the purifier
+        return jnp.round(z / 16.0) * 16.0
+
+    x = rng.integers(0, 256, (8, 8, 8, 1)).astype(np.uint8)
+    x[0] = 0
+    x[1] = 255  # budgets at the edges of the pixel range
+    y = np.asarray(jnp.argmax(logits_fn(quantise(jnp.asarray(x, jnp.float32))), -1))
+    eps = jnp.asarray([0, 1, 2, 4, 8, 16, 32, 32], jnp.float32)
+    oracle = adaptive.ce_oracle(logits_fn, quantise)
+    xa = np.asarray(jax.jit(lambda xx, yy, ee, k: adaptive.bpda_pgd(
+        oracle, xx, yy, eps=ee, key=k, steps=8, restarts=2))(x, y, eps, jax.random.key(0)))
+    assert xa.dtype == np.uint8
+    diff = np.abs(xa.astype(int) - x.astype(int)).reshape(8, -1).max(1)
+    assert np.all(diff <= np.asarray(eps)) and diff[0] == 0
+    pred = np.asarray(jnp.argmax(logits_fn(quantise(jnp.asarray(xa, jnp.float32))), -1))
+    assert pred[0] == y[0]  # eps 0 returns the input
+    assert np.all(pred[-2:] != y[-2:])  # a large budget breaks the defended linear model
+
+
+def test_parsing():
+    assert bench.parse_eps_list("16, 2,8,2") == [2, 8, 16]
+    assert bench.parse_attacks("all") == list(bench.PAPER_ATTACKS)
+    assert bench.parse_attacks("bim,fgsm") == ["fgsm", "bim"]
+    assert bench.parse_defences("pixeldefend,none") == ["none", "pixeldefend"]
+    assert bench.parse_attack_opts(["cw.search_steps=2", "deepfool.max_iter=3"]) == \
+        {"cw": {"search_steps": 2}, "deepfool": {"max_iter": 3}}
+    for bad in (["cw.nope=1"], ["zz.steps=1"], ["cw=1"]):
+        with pytest.raises(PxdError):
+            bench.parse_attack_opts(bad)
+    with pytest.raises(PxdError):
+        bench.parse_eps_list("2.5")
+    with pytest.raises(PxdError):
+        bench.parse_attacks("fgsm,magic")
+
+
+def test_paper_table_transcribed():
+    cols = {"clean", "rand", "fgsm", "bim", "deepfool", "cw", "strongest"}
+    assert len(bench.PAPER_TABLE1) == 11
+    off = []
+    for key, row in bench.PAPER_TABLE1.items():
+        assert set(row) == cols, key
+        vals = {c: [int(v) for v in s.split("/")] for c, s in row.items()}
+        assert all(len(v) == 3 for v in vals.values())
+        for i in range(3):
+            low = min(vals[a][i] for a in ("rand", "fgsm", "bim", "deepfool", "cw"))
+            if vals["strongest"][i] != low:
+                off.append((key, i))
+    # the paper's STRONGEST is the minimum of its attack columns in every cell but one
+    # (ResNet adversarial FGSM + PixelDefend, eps 8: FGSM 68, STRONGEST 69): kept as printed
+    assert off == [(("resnet", "adv-fgsm", "pixeldefend"), 1)]
+    assert bench.paper_cell("92/87/76", [0, 2, 8]) == "--/92/87"
+    assert bench.cell({2: 0.07, 8: 1.0}, [2, 8]) == "07/100"
