@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from pxd.density import build_model
-from pxd.models.pixelcnn import PIXELCNN_PRESETS, PixelCNN
-from pxd.purify import feature_squeeze, make_purifier
+from pxd.models.pixelcnn import PIXELCNN_PRESETS
+from pxd.purify import feature_squeeze, first_difference_gaps, make_purifier
 
 NEAR_TIE = 1e-4
 
@@ -20,32 +20,10 @@ def _setup(shape, preset="smoke", seed=0, **over):
     return model, params["params"]
 
 
-def _first_diff_margins(model, params, x, ref, other, eps):
-    """At each image's first differing sub-pixel: the reference's top-two in-range gap."""
-    _, h, w, c = x.shape
-    gaps = []
-    for b in range(x.shape[0]):
-        diff = np.nonzero((ref[b] != other[b]).reshape(-1))[0]
-        if len(diff) == 0:
-            continue
-        q = int(diff[0])
-        i, j, ch = q // (w * c), (q // c) % w, q % c
-        v = {"params": params}
-        feats = model.apply(v, jnp.asarray(ref[b : b + 1]), method=PixelCNN.features)
-        zero = jnp.zeros((1, 1, 1), jnp.int32)
-        sc = model.apply(v, feats[:, i : i + 1, j : j + 1], jnp.asarray(ref[b : b + 1, i : i + 1,
-                         j : j + 1]), ch, zero, 256, method=PixelCNN.channel_scores)
-        sc = np.asarray(sc)[0, 0, 0]
-        x0 = int(x[b, i, j, ch])
-        top = np.sort(sc[max(x0 - eps, 0) : min(x0 + eps, 255) + 1])[::-1]
-        gaps.append(float(top[0] - top[1]))
-    return gaps
-
-
 def _assert_same(model, params, x, ref, out, eps):
     if np.array_equal(ref, out):
         return
-    gaps = _first_diff_margins(model, params, x, ref, out, eps)
+    gaps = first_difference_gaps(model, params, x, ref, out, eps)
     assert gaps and max(gaps) < NEAR_TIE, f"fast purifier differs beyond a near-tie: {gaps}"
 
 

@@ -249,6 +249,34 @@ def make_purifier(model: PixelCNN, method: str = "auto", max_eps: int = 16) -> C
     return jax.jit(lambda p, x, e: fn(model, p, x, e, max_eps=max_eps))
 
 
+def first_difference_gaps(model: PixelCNN, params, x, ref, other, eps: int) -> list[float]:
+    """For each image where `other` differs from the reference decode `ref`: the gap between
+    the reference's top two in-range scores at the first differing sub-pixel (raster order).
+
+    A tiny gap means float rounding flipped a near-tie; anything else would be a bug.
+    """
+    x, ref, other = np.asarray(x), np.asarray(ref), np.asarray(other)
+    _, h, w, c = x.shape
+    v = {"params": params}
+    gaps = []
+    for b in range(x.shape[0]):
+        diff = np.nonzero((ref[b] != other[b]).reshape(-1))[0]
+        if len(diff) == 0:
+            continue
+        q = int(diff[0])
+        i, j, ch = q // (w * c), (q // c) % w, q % c
+        feats = model.apply(v, jnp.asarray(ref[b : b + 1]), method=PixelCNN.features)
+        zero = jnp.zeros((1, 1, 1), jnp.int32)
+        pix = jnp.asarray(ref[b : b + 1, i : i + 1, j : j + 1])
+        sc = model.apply(v, feats[:, i : i + 1, j : j + 1], pix, ch, zero, 256,
+                         method=PixelCNN.channel_scores)
+        sc = np.asarray(sc)[0, 0, 0]
+        x0 = int(x[b, i, j, ch])
+        top = np.sort(sc[max(x0 - eps, 0) : min(x0 + eps, 255) + 1])[::-1]
+        gaps.append(float(top[0] - top[1]) if len(top) > 1 else float("inf"))
+    return gaps
+
+
 def feature_squeeze(x: np.ndarray | jax.Array, levels: int = 32) -> jax.Array:
     """Feature squeezing (Xu et al. 2017) as in the paper's Appendix C.
 

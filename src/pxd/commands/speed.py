@@ -26,7 +26,7 @@ def _timed(fn, *args):
 def bench_purify(model, params, x: np.ndarray, *, eps: int, n_ref: int, batch: int,
                  rep: Reporter) -> dict:
     from pxd.density import PixelCNN
-    from pxd.purify import make_purifier
+    from pxd.purify import first_difference_gaps, make_purifier
 
     m = devices.mesh()
     ndev = m.devices.size
@@ -56,12 +56,14 @@ def bench_purify(model, params, x: np.ndarray, *, eps: int, n_ref: int, batch: i
     floor_ips = batch / (2 * t_fwd)
     fast_ips = len(x) / t_fast
     ref_ips = kr / t_ref
+    same = np.all(ref_out.reshape(kr, -1) == fast_out[:kr].reshape(kr, -1), axis=1)
+    gaps = first_difference_gaps(model, params, x[:kr], ref_out, fast_out[:kr], eps)
     return {
-        "eps": eps, "devices": ndev, "fast_batch": batch, "fast_images": len(x),
+        "eps": eps, "devices": ndev,
+        "near_tie_gaps_of_differing_images": gaps, "fast_batch": batch, "fast_images": len(x),
         "fast_images_per_s": fast_ips, "reference_images": kr,
         "reference_images_per_s": ref_ips, "speedup": fast_ips / ref_ips,
-        "identical_on_reference_images": int(np.sum(np.all(
-            ref_out.reshape(kr, -1) == fast_out[:kr].reshape(kr, -1), axis=1))),
+        "identical_on_reference_images": int(np.sum(same)),
         "floor_images_per_s_two_forwards": floor_ips,
         "fraction_of_floor": fast_ips / floor_ips,
     }
@@ -130,6 +132,8 @@ def run_bench_speed(*, density: str | None, preset: str = "cpu", n_fast: int = 6
         ["fast purify img/s", p["fast_images_per_s"]],
         ["speedup (same run)", p["speedup"]],
         ["identical outputs", f"{p['identical_on_reference_images']}/{p['reference_images']}"],
+        ["first-difference gaps", ", ".join(f"{g:.1e}" for g in
+                                             p["near_tie_gaps_of_differing_images"]) or "-"],
         ["floor img/s (2 forwards)", p["floor_images_per_s_two_forwards"]],
         ["train img/s, 1 device", t["1_device"]["images_per_s"]],
         ["train img/s, all devices", t["all_devices"]["images_per_s"]],
