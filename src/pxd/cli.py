@@ -113,23 +113,27 @@ def purify(
 
 @app.command("zoo")
 def zoo_cmd(
+    export: Annotated[str | None, typer.Option(
+        "--export", help="Add this run dir to the package's zoo (measured on the test split).")]
+    = None,
+    name: Annotated[str | None, typer.Option(help="Zoo name for --export.")] = None,
+    default: Annotated[bool, typer.Option(help="Make the exported model the default.")] = False,
+    train_command: Annotated[str, typer.Option(help="How the run was trained (card).")] = "",
+    data_dir: DataDir = None,
     json_out: Json = False,
+    quiet: Quiet = False,
 ):
     """List the models shipped with pxd and what pxd measured for them."""
-    from pxd import zoo
-    from pxd.report import Reporter
+    rep = _setup(None, False, quiet, json_out)
+    from pxd.commands.zoo import run_zoo_export, run_zoo_list
 
-    rep = Reporter(json_mode=json_out)
-    rows = []
-    for e in zoo.entries():
-        figure = e.get("test_bpd") or e.get("test_acc")
-        what = "bits/dim" if e.get("kind") == "density" else "accuracy"
-        rows.append([e["name"], e.get("kind"), e.get("dataset"), e.get("preset"),
-                     f"{what} {figure}", e.get("steps"), "yes" if e.get("default") else "",
-                     e["sha256"][:12]])
-    rep.table("pxd zoo", ["name", "kind", "dataset", "preset", "test figure", "steps",
-                          "default", "sha256"], rows)
-    rep.json(zoo.entries())
+    if export is not None:
+        if not name:
+            raise PxdError("--export needs --name")
+        run_zoo_export(export, name, default=default, command=train_command,
+                       data_dir=data_dir, rep=rep)
+        return
+    run_zoo_list(rep)
 
 
 @app.command("train-density")
