@@ -348,27 +348,32 @@ def _cifar_from_tar(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     key = (*_file_key(path), split)
     if key in _CACHE:
         return _CACHE[key]
-    wanted = _CIFAR_MEMBERS[split]
+    # test_batch.bin sits at the end of the gzip stream, so any split costs a full
+    # decompression: decode both splits in that one pass and cache them together.
+    wanted = {s: _CIFAR_MEMBERS[s] for s in _CIFAR_MEMBERS}
+    names = {m for ms in wanted.values() for m in ms}
     found: dict[str, bytes] = {}
     try:
-        # Sequential read of the gzip stream; stop once the split's members are in hand.
         with tarfile.open(path, mode="r:gz") as tf:
             for member in tf:
                 base = os.path.basename(member.name)
-                if member.isfile() and base in wanted and base not in found:
+                if member.isfile() and base in names and base not in found:
                     f = tf.extractfile(member)
                     assert f is not None
                     found[base] = f.read()
-                    if len(found) == len(wanted):
+                    if len(found) == len(names):
                         break
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise PxdError(f"cannot read {path}: {' '.join(str(e).split())} (corrupt archive?)") from e
-    missing = [m for m in wanted if m not in found]
+    missing = [m for m in wanted[split] if m not in found]
     if missing:
         raise PxdError(f"{path} lacks {', '.join(missing)} (not the CIFAR-10 binary archive?)")
-    out = _cifar_decode([(f"{path}:{m}", found[m]) for m in wanted], split)
-    _CACHE[key] = out
-    return out
+    for s, members in wanted.items():
+        if all(m in found for m in members):
+            _CACHE[(*_file_key(path), s)] = _cifar_decode(
+                [(f"{path}:{m}", found[m]) for m in members], s
+            )
+    return _CACHE[key]
 
 
 def _cifar_from_folder(folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
