@@ -253,8 +253,13 @@ def deepfool_raw(
     max_iter: int = 50,
     overshoot: float = 0.02,
     num_classes: int | None = None,
+    quantize: bool = False,
 ) -> jax.Array:
     """Multi-class DeepFool (Moosavi-Dezfooli et al. 2016), unclipped float32 result.
+
+    With `quantize`, each iterate is judged (and linearised) on the integer pixel grid, so
+    the result still fools the model once rounded (a boundary-grazing step otherwise
+    rounds back to the clean image).
 
     Each iteration linearises the logits at x0 + (1 + overshoot) * r_tot and adds the
     minimal L2 step (plus 1e-4) to the nearest linearised boundary between y and a class
@@ -276,7 +281,10 @@ def deepfool_raw(
         return (s.step < max_iter) & jnp.any(s.active)
 
     def body(s: DeepFoolState):
-        logits, jac = _class_jacobian(logits_fn, x0 + (1.0 + overshoot) * s.r_tot)
+        x_eval = x0 + (1.0 + overshoot) * s.r_tot
+        if quantize:
+            x_eval = jnp.round(jnp.clip(x_eval, 0.0, 255.0))
+        logits, jac = _class_jacobian(logits_fn, x_eval)
         active = s.active & (jnp.argmax(logits, -1) == y)
         jac = jnp.moveaxis(jac, 0, 1)  # (N, K, H, W, C)
         w = jac - jnp.take_along_axis(jac, y[:, None, None, None, None], axis=1)
@@ -309,12 +317,15 @@ def deepfool(
 ) -> jax.Array:
     """DeepFool, then (as in the paper) clipped to the eps-ball, rounded, clipped to [0,255].
 
-    See `deepfool_raw` for the options. `key` is unused.
+    Iterates are judged on the integer grid (`deepfool_raw(quantize=True)`): the outputs
+    are integral, and a perturbation that only crosses the boundary before rounding would
+    come back as the clean image. See `deepfool_raw` for the options. `key` is unused.
     """
     x0, y = _inputs(x, y)
     e = _budget(eps, x0.shape[0])
     raw = deepfool_raw(
-        logits_fn, x0, y, max_iter=max_iter, overshoot=overshoot, num_classes=num_classes
+        logits_fn, x0, y, max_iter=max_iter, overshoot=overshoot, num_classes=num_classes,
+        quantize=True,
     )
     return _finish(raw, x0, e)
 

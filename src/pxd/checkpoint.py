@@ -25,12 +25,7 @@ def _ocp():
 
 
 def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _write_bytes(path, text.encode())
 
 
 def save_state(run_dir: str, step: int, state: Any, keep: int = 2) -> None:
@@ -49,6 +44,30 @@ def save_state(run_dir: str, step: int, state: Any, keep: int = 2) -> None:
     )
     for s in steps[:-keep]:
         shutil.rmtree(os.path.join(ckdir, f"step_{s}"), ignore_errors=True)
+
+
+def check_run_dir(out: str, cfg: Any, *, resume: bool) -> None:
+    """Refuse to overwrite a run, to resume nothing, or to resume with another config
+    (apart from `steps`: a run may be extended)."""
+    from pxd import config
+
+    cfg_path = os.path.join(out, "config.json")
+    if os.path.exists(cfg_path):
+        if not resume:
+            raise PxdError(f"{out} already holds a run; pass --resume to continue it")
+        saved = config.load_json(type(cfg), cfg_path)
+        if config.replace(saved, steps=cfg.steps) != config.replace(cfg, steps=cfg.steps):
+            raise PxdError(f"{out} was trained with a different config; resume it as it was")
+    elif resume:
+        raise PxdError(f"nothing to resume in {out}")
+
+
+def write_config(out: str, cfg: Any) -> None:
+    """The resolved config, saved beside the run's outputs."""
+    from pxd import config
+
+    os.makedirs(out, exist_ok=True)
+    _write_text(os.path.join(out, "config.json"), config.to_json(cfg))
 
 
 def latest_step(run_dir: str) -> int | None:

@@ -91,6 +91,20 @@ def _greedy_channels(model, v, feats, xcur, lo, hi, k: int):
     return new
 
 
+def _zero_contexts(model: PixelCNN, v, zero_row):
+    """Zero context rows (the image's top padding) for the u and ul streams' convolutions;
+    their shapes come from one abstract strip call."""
+
+    def shapes():
+        reads, cu = model.apply(v, zero_row, [None] * 10_000, method=PixelCNN.strip_u)
+        _, cul = model.apply(v, zero_row, zero_row, reads, [None] * 10_000,
+                             method=PixelCNN.strip_ul)
+        return cu, cul
+
+    cu, cul = jax.eval_shape(shapes)
+    return ([jnp.zeros(s.shape, s.dtype) for s in cu], [jnp.zeros(s.shape, s.dtype) for s in cul])
+
+
 def purify_rows(model: PixelCNN, params, x: jax.Array, eps, *, max_eps: int,
                 return_iters: bool = False) -> jax.Array:
     """Exact fast purification for networks without downsampling. x uint8 (B, H, W, C).
@@ -106,16 +120,7 @@ def purify_rows(model: PixelCNN, params, x: jax.Array, eps, *, max_eps: int,
     prep = PixelCNN.prepare
     zero_row = jnp.zeros((b, 1, w, c + 1), jnp.float32)
 
-    # Context shapes: one strip call on zeros tells them.
-    def shapes():
-        reads, cu = model.apply(v, zero_row, [None] * 10_000, method=PixelCNN.strip_u)
-        _, cul = model.apply(v, zero_row, zero_row, reads, [None] * 10_000,
-                             method=PixelCNN.strip_ul)
-        return cu, cul
-
-    cu_shape, cul_shape = jax.eval_shape(shapes)
-    ctx_u0 = [jnp.zeros(s.shape, s.dtype) for s in cu_shape]
-    ctx_ul0 = [jnp.zeros(s.shape, s.dtype) for s in cul_shape]
+    ctx_u0, ctx_ul0 = _zero_contexts(model, v, zero_row)
 
     def row_step(carry, i):
         xcur, ctx_u, ctx_ul = carry
@@ -168,15 +173,7 @@ def purify_pixels(model: PixelCNN, params, x: jax.Array, eps, *, max_eps: int) -
     zero_row = jnp.zeros((b, 1, w, c + 1), jnp.float32)
     zero_pix = jnp.zeros((b, 1, 1, c + 1), jnp.float32)
 
-    def shapes():
-        reads, cu = model.apply(v, zero_row, [None] * 10_000, method=PixelCNN.strip_u)
-        _, cul = model.apply(v, zero_row, zero_row, reads, [None] * 10_000,
-                             method=PixelCNN.strip_ul)
-        return cu, cul
-
-    cu_shape, cul_shape = jax.eval_shape(shapes)
-    ctx_u0 = [jnp.zeros(s.shape, s.dtype) for s in cu_shape]
-    ctx_ul0 = [jnp.zeros(s.shape, s.dtype) for s in cul_shape]
+    ctx_u0, ctx_ul0 = _zero_contexts(model, v, zero_row)
 
     def col(a, j):
         return jax.lax.dynamic_slice_in_dim(a, j, 1, axis=2)

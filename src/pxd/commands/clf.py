@@ -44,20 +44,11 @@ def run_train_clf(
     """
     rep = rep or Reporter(quiet=True)
     validate(cfg)
-    cfg_path = os.path.join(out, "config.json")
-    if os.path.exists(cfg_path):
-        if not resume:
-            raise PxdError(f"{out} already holds a run; pass --resume to continue it")
-        saved = config.load_json(ClfConfig, cfg_path)
-        if config.replace(saved, steps=cfg.steps) != config.replace(cfg, steps=cfg.steps):
-            raise PxdError(f"{out} was trained with a different config; resume it as it was")
-    elif resume:
-        raise PxdError(f"nothing to resume in {out}")
+    checkpoint.check_run_dir(out, cfg, resume=resume)
 
     x_train, y_train = data.load(f"{cfg.dataset}:{cfg.train_split}", data_dir)
     x_eval, y_eval = data.load(f"{cfg.dataset}:{cfg.test_split}[:{cfg.eval_n}]", data_dir)
-    os.makedirs(out, exist_ok=True)
-    checkpoint._write_text(cfg_path, config.to_json(cfg))
+    checkpoint.write_config(out, cfg)
 
     model = build_classifier(cfg)
     key = jax.random.key(cfg.seed)

@@ -11,7 +11,6 @@ import numpy as np
 
 from pxd import checkpoint, config, data, devices
 from pxd.density import DensityConfig, build_model, init_params, make_bpd_fn, make_loss_fn
-from pxd.errors import PxdError
 from pxd.report import Reporter
 from pxd.store import machine, params_digest
 from pxd.training import init_state, make_optimizer, make_train_step, train_loop
@@ -32,20 +31,11 @@ def run_train_density(
     stop_after: int | None = None,
 ) -> dict:
     rep = rep or Reporter(quiet=True)
-    cfg_path = os.path.join(out, "config.json")
-    if os.path.exists(cfg_path):
-        if not resume:
-            raise PxdError(f"{out} already holds a run; pass --resume to continue it")
-        saved = config.load_json(DensityConfig, cfg_path)
-        if config.replace(saved, steps=cfg.steps) != config.replace(cfg, steps=cfg.steps):
-            raise PxdError(f"{out} was trained with a different config; resume it as it was")
-    elif resume:
-        raise PxdError(f"nothing to resume in {out}")
-    os.makedirs(out, exist_ok=True)
-    checkpoint._write_text(cfg_path, config.to_json(cfg))
+    checkpoint.check_run_dir(out, cfg, resume=resume)
 
     x_train, _ = data.load(f"{cfg.dataset}:{cfg.train_split}", data_dir)
     x_test, _ = data.load(f"{cfg.dataset}:{cfg.test_split}[:{cfg.eval_n}]", data_dir)
+    checkpoint.write_config(out, cfg)
     model = build_model(cfg.model, x_train.shape[-1])
     key = jax.random.key(cfg.seed)
     params = init_params(model, x_train.shape[1:], key=jax.random.fold_in(key, 0))
