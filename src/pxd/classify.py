@@ -311,16 +311,17 @@ def _jitted_attack(name: str, opts: tuple):
 
 
 def craft(attack_name: str, logits_fn, x: np.ndarray, y: np.ndarray, *, eps, key: jax.Array,
-          batch_size: int = 100, on_batch=None, **opts) -> np.ndarray:
+          batch_size: int = 100, on_batch=None, mesh=None, **opts) -> np.ndarray:
     """Adversarial uint8 images of `x` (uint8 (N,H,W,C)) against labels `y` (N,).
 
     eps: a float or per-example array (N,) on the 0..255 scale. Batches are sharded over
     devices; batch b uses key fold_in(key, b). Compiles once per (attack, options, batch
-    shape, logits_fn). `opts` go to the attack (e.g. steps, restarts).
+    shape, logits_fn). `opts` go to the attack (e.g. steps, restarts). `mesh`: the devices
+    to shard over (default: all).
     """
     if attack_name not in attacks.ATTACKS:
         raise PxdError(f"unknown attack '{attack_name}' (choose from {', '.join(attacks.ATTACKS)})")
-    m = devices.mesh()
+    m = mesh if mesh is not None else devices.mesh()
     x = np.asarray(x)
     n = x.shape[0]
     eps_arr = np.broadcast_to(np.asarray(eps, np.float32), (n,)).copy()

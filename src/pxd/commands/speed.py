@@ -95,16 +95,71 @@ def bench_train(model, x: np.ndarray, *, batch: int, steps: int) -> dict:
     return out
 
 
+def bench_attacks(lf, x: np.ndarray, y: np.ndarray, *, eps: float, batch: int,
+                  opts: dict) -> dict:
+    """Images/s of each attack, 1 device vs all devices, on the same images."""
+    from pxd.classify import craft
+
+    out = {}
+    for name in ("rand", "fgsm", "bim", "deepfool", "cw", "pgd"):
+        row = {}
+        for label, devs in (("1_device", jax.devices()[:1]), ("all_devices", jax.devices())):
+            m = devices.mesh(devs)
+            kw = dict(eps=eps, key=jax.random.key(0), batch_size=batch, mesh=m,
+                      **opts.get(name, {}))
+            craft(name, lf, x[:batch], y[:batch], **kw)  # compile
+            t = time.perf_counter()
+            craft(name, lf, x, y, **kw)
+            row[label] = len(x) / (time.perf_counter() - t)
+        row["ratio_all_vs_1"] = row["all_devices"] / row["1_device"]
+        out[name] = row
+    return out
+
+
+def bench_clf_training(x: np.ndarray, y: np.ndarray, *, steps: int) -> dict:
+    """Seconds per CIFAR-10 epoch of the cpu ResNet for each training technique."""
+    from pxd.classify import (
+        build_classifier,
+        clf_config,
+        init_variables,
+        make_clf_loss_fn,
+        make_clf_optimizer,
+    )
+    from pxd.training import init_state, make_train_step
+
+    out = {}
+    m = devices.mesh()
+    for training in ("normal", "adv-fgsm", "adv-bim", "label-smoothing"):
+        cfg = clf_config("cifar10", "resnet", training, "cpu")
+        model = build_classifier(cfg)
+        var = init_variables(model, x.shape[1:], key=jax.random.key(0))
+        tx = make_clf_optimizer(cfg)
+        state = jax.device_put(init_state(var["params"], var.get("batch_stats", {}), tx),
+                               devices.replicated(m))
+        step = make_train_step(make_clf_loss_fn(model, cfg), tx, 0.0)
+        batch, _ = devices.shard_batch({"x": x[: cfg.batch_size], "y": y[: cfg.batch_size]}, m)
+        state, mt = step(state, batch, key=jax.random.key(1))
+        jax.block_until_ready(mt)
+        t = time.perf_counter()
+        for _ in range(steps):
+            state, mt = step(state, batch, key=jax.random.key(1))
+            jax.block_until_ready(mt)
+        ips = cfg.batch_size * steps / (time.perf_counter() - t)
+        out[training] = {"images_per_s": ips, "seconds_per_epoch": 50000 / ips}
+    return out
+
+
 def run_bench_speed(*, density: str | None, preset: str = "cpu", n_fast: int = 64,
                     n_ref: int = 2, eps: int = 16, batch: int = 32, train_steps: int = 10,
+                    attacks_too: bool = True, n_attack: int = 100,
                     data_dir: str | None = None, rep: Reporter | None = None) -> dict:
     from pxd.density import build_model, density_config, init_params
+    from pxd.errors import PxdError
 
     rep = rep or Reporter(quiet=True)
     x, _ = data.load(f"cifar10:test[:{max(n_fast, n_ref)}]", data_dir)
     if density is None:
         from pxd import zoo
-        from pxd.errors import PxdError
 
         try:
             density = zoo.default_path("density", (32, 32, 3))
@@ -125,6 +180,24 @@ def run_bench_speed(*, density: str | None, preset: str = "cpu", n_fast: int = 6
                                  rep=rep)
     rep.info("training speed: 1 device vs all devices")
     res["train"] = bench_train(model, x, batch=batch, steps=train_steps)
+    if attacks_too:
+        from pxd.classify import load_classifier, make_logits_fn
+
+        xa, ya = data.load(f"cifar10:test[:{n_attack}]", data_dir)
+        rep.info("attack speed: 1 device vs all devices")
+        try:
+            from pxd import zoo
+
+            clf_path = zoo.default_path("classifier", (32, 32, 3))
+            cm, cv, _, _ = load_classifier(clf_path)
+            lf = make_logits_fn(cm, cv["params"], cv.get("batch_stats", {}))
+            res["attacks"] = bench_attacks(lf, xa, ya, eps=8.0, batch=min(n_attack, 100),
+                                           opts={})
+            res["attacks_model"] = clf_path
+        except PxdError as e:
+            rep.info(f"attack speed skipped: {e}")
+        rep.info("classifier training speed per technique")
+        res["clf_train"] = bench_clf_training(xa, ya, steps=train_steps)
     p, t = res["purify"], res["train"]
     rep.table("speed", ["measure", "value"], [
         ["machine", res["machine"]], ["model", label],
@@ -139,5 +212,11 @@ def run_bench_speed(*, density: str | None, preset: str = "cpu", n_fast: int = 6
         ["train img/s, all devices", t["all_devices"]["images_per_s"]],
         ["train epochs/hour (all)", t["all_devices"]["epochs_per_hour"]],
     ])
+    for name, r in res.get("attacks", {}).items():
+        rep.text(f"attack {name}: {r['1_device']:.1f} img/s on 1 device, "
+                 f"{r['all_devices']:.1f} on all ({r['ratio_all_vs_1']:.2f}x)")
+    for name, r in res.get("clf_train", {}).items():
+        rep.text(f"train-clf {name}: {r['images_per_s']:.0f} img/s, "
+                 f"{r['seconds_per_epoch']:.0f} s per CIFAR-10 epoch")
     rep.json(res)
     return res
