@@ -151,7 +151,7 @@ def bench_clf_training(x: np.ndarray, y: np.ndarray, *, steps: int) -> dict:
 
 def run_bench_speed(*, density: str | None, preset: str = "cpu", n_fast: int = 64,
                     n_ref: int = 2, eps: int = 16, batch: int = 32, train_steps: int = 10,
-                    attacks_too: bool = True, n_attack: int = 100,
+                    attacks_too: bool = True, n_attack: int = 32,
                     data_dir: str | None = None, rep: Reporter | None = None) -> dict:
     from pxd.density import build_model, density_config, init_params
     from pxd.errors import PxdError
