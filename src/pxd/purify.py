@@ -20,6 +20,7 @@ network once per pixel, its cheap head once per channel.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -235,8 +236,11 @@ def purify_jacobi(model: PixelCNN, params, x: jax.Array, eps, *, max_eps: int) -
     return out
 
 
+@functools.lru_cache(maxsize=16)
 def make_purifier(model: PixelCNN, method: str = "auto", max_eps: int = 16) -> Callable:
-    """Jitted `purify(params, x, eps) -> x*`; eps (B,) integers <= max_eps."""
+    """Jitted `purify(params, x, eps) -> x*`; eps (B,) integers <= max_eps.
+
+    Cached per (model, method, max_eps), so chunked callers compile once."""
     if method == "auto":
         method = "jacobi" if (model.downsample and model.nr_stages > 1) else "pixels"
     if method == "reference":
@@ -291,3 +295,7 @@ def feature_squeeze(x: np.ndarray | jax.Array, levels: int = 32) -> jax.Array:
     srt = jnp.sort(win, axis=-1)
     med = jnp.floor((srt[..., 1] + srt[..., 2]) / 2.0 + 0.5)
     return jnp.clip(med, 0, 255).astype(jnp.uint8)
+
+
+# one compiled program shared by every caller (chunks, bench rows)
+feature_squeeze_jit = jax.jit(feature_squeeze)

@@ -31,11 +31,9 @@ def purify_array(model, params, x: np.ndarray, eps: np.ndarray, *, max_eps: int,
 
 
 def squeeze_array(x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    import jax
+    from pxd.purify import feature_squeeze_jit
 
-    from pxd.purify import feature_squeeze
-
-    return devices.map_batches(jax.jit(feature_squeeze), (x,), batch_size)
+    return devices.map_batches(feature_squeeze_jit, (x,), batch_size)
 
 
 def _job_id(x: np.ndarray, settings: dict) -> str:
