@@ -222,9 +222,10 @@ def test_deepfool_matches_analytic_linear_solution(num_classes):
     assert np.all(np.argmax(logits_fn(x_df), -1) != y)
 
 
-def test_cw_finds_near_minimal_l2_on_linear_model():
+@pytest.mark.parametrize("abort_early", [True, False])
+def test_cw_finds_near_minimal_l2_on_linear_model(abort_early):
     logits_fn, x, y, dist = _linear_problem(4)
-    x_cw = cw_raw(logits_fn, x, y)
+    x_cw = cw_raw(logits_fn, x, y, abort_early=abort_early)
     assert np.all(np.argmax(logits_fn(x_cw), -1) != y)
     l2 = _l2(x_cw, x)
     assert np.all(l2 >= dist * 0.999) and np.all(l2 <= dist * 1.05)

@@ -180,6 +180,28 @@ def test_bpda_pgd_bounds_and_strength():
     assert np.all(pred[-2:] != y[-2:])  # a large budget breaks the defended linear model
 
 
+def test_bpda_early_stop_fools_the_same_images():
+    rng = np.random.default_rng(1)
+    w = jnp.asarray(rng.normal(size=(48, 3)), jnp.float32)
+
+    def logits_fn(z):
+        return (z.reshape(z.shape[0], -1) / 127.5 - 1.0) @ w
+
+    oracle = adaptive.ce_oracle(logits_fn, lambda z: jnp.round(z / 8.0) * 8.0)
+    x = rng.integers(0, 256, (6, 4, 4, 3)).astype(np.uint8)
+    y = np.asarray(jnp.argmax(logits_fn(jnp.asarray(x, jnp.float32)), -1))
+
+    def fooled(eps, early):
+        xa = adaptive.bpda_pgd(oracle, x, y, eps=eps, key=jax.random.key(3), steps=12,
+                               restarts=2, early_stop=early)
+        return np.asarray(jnp.argmax(logits_fn(jnp.round(jnp.asarray(xa, jnp.float32) / 8.0)
+                                               * 8.0), -1)) != y
+
+    for eps in (2.0, 6.0, 64.0):  # some, more, then every image fooled (loop ends early)
+        np.testing.assert_array_equal(fooled(eps, True), fooled(eps, False))
+    assert fooled(64.0, True).all()
+
+
 def test_parsing():
     assert bench.parse_eps_list("16, 2,8,2") == [2, 8, 16]
     assert bench.parse_attacks("all") == list(bench.PAPER_ATTACKS)

@@ -11,7 +11,8 @@ The attack is PGD on that gradient, on the integer grid (0..255 scale):
     x_{t+1} = Proj_{eps-ball(x) and [0, 255]}(x_t + alpha * sign(d_t)),
 
 alpha integral (default max(1, round(eps / 4))), from a random integer start in the ball,
-`steps` iterations (default 40) and `restarts` restarts. Every iterate is judged by the REAL
+`steps` iterations (default 40) and `restarts` restarts, ending early once the whole batch
+is fooled. Every iterate is judged by the REAL
 defended classifier (the forward pass already computes it); per image the result is a
 misclassified iterate if any iterate of any restart was one (the worst case per image),
 else the iterate of highest loss. The purifier is deterministic, so no EOT is needed.
@@ -186,12 +187,14 @@ def bpda_update(oracle: Oracle, state: BPDAState, x0: jax.Array, y: jax.Array, e
 
 def bpda_pgd(oracle: Oracle, x, y, *, eps, key: jax.Array, steps: int = 40,
              alpha: float | None = None, restarts: int = 1, random_start: bool = True,
-             clean_first: bool = False) -> jax.Array:
+             clean_first: bool = False, early_stop: bool = True) -> jax.Array:
     """PGD with the gradient oracle; uint8 (N, H, W, C) within floor(eps) of x.
 
     x: uint8 or integral float images (N, H, W, C); y: int labels (N,); eps: L-inf budget
     on the 0..255 scale, scalar or per example (N,). `steps` and `restarts` are static.
-    With `clean_first` the first restart starts at x (not at random noise).
+    With `clean_first` the first restart starts at x (not at random noise). With `early_stop`
+    the loops end once every image of the batch is misclassified: which images are fooled is
+    the same as without it; the example kept per image may be an earlier iterate.
     """
     x0 = jnp.asarray(x).astype(jnp.float32)
     y = jnp.asarray(y).astype(jnp.int32)
@@ -208,9 +211,20 @@ def bpda_pgd(oracle: Oracle, x, y, *, eps, key: jax.Array, steps: int = 40,
         use_noise = random_start & ~(clean_first & (r == 0))
         start = _project(jnp.where(use_noise, noisy, x0), x0, e)
         state = state._replace(x_adv=start)
-        state = lax.fori_loop(0, steps, lambda _, s: bpda_update(oracle, s, x0, y, e, a), state)
-        _, loss, wrong = oracle(state.x_adv, y)
-        return _record(state, state.x_adv, loss, wrong), None
+        first = state.step
+
+        def running(s: BPDAState):
+            # once every image is misclassified no later iterate can change the outcome
+            return (s.step - first < steps) & ~(early_stop & jnp.all(s.best_wrong))
+
+        state = lax.while_loop(running, lambda s: bpda_update(oracle, s, x0, y, e, a), state)
+
+        def judge_last(s: BPDAState) -> BPDAState:
+            _, loss, wrong = oracle(s.x_adv, y)
+            return _record(s, s.x_adv, loss, wrong)
+
+        done = early_stop & jnp.all(state.best_wrong)
+        return lax.cond(done, lambda s: s, judge_last, state), None
 
     r = max(1, int(restarts))
     final, _ = lax.scan(restart, bpda_init(x0), (jax.random.split(key, r), jnp.arange(r)))
