@@ -71,3 +71,24 @@ def test_shipped_entries_verify():
         params = checkpoint.load_params(os.path.join(e["path"], "params.msgpack"))
         assert jax.tree_util.tree_leaves(params)
         assert all(np.all(np.isfinite(a)) for a in jax.tree_util.tree_leaves(params))
+
+
+def test_shipped_models_load_by_name_with_one_default_per_kind_and_shape():
+    from pxd.classify import load_classifier
+    from pxd.data import DATASETS
+
+    defaults = {}
+    for e in zoo.entries():
+        assert zoo.resolve(e["name"]) == e["path"]
+        loader = load_density if e["kind"] == "density" else load_classifier
+        cfg = loader(e["name"])[2]
+        assert cfg.dataset == e["dataset"]
+        if e["default"]:
+            key = (e["kind"], DATASETS[e["dataset"]].shape)
+            assert key not in defaults, f"two defaults for {key}"
+            defaults[key] = e["path"]
+    for key, path in defaults.items():
+        assert zoo.default_path(*key) == path
+    assert zoo.resolve("no-such-model") == "no-such-model"
+    with pytest.raises(PxdError, match="not found"):
+        load_density("no-such-model")

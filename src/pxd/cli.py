@@ -23,6 +23,8 @@ DataDir = Annotated[
     typer.Option("--data-dir", envvar="PXD_DATA_DIR",
                  help="Folder with cifar-10-binary.tar.gz and/or Fashion-MNIST idx .gz files."),
 ]
+DensityOpt = Annotated[str | None, typer.Option(
+    "--density", help="Density run dir or shipped model name (default: the zoo's).")]
 Seed = Annotated[int, typer.Option("--seed", help="PRNG seed.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON object.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print results only.")]
@@ -63,7 +65,7 @@ def _root(
 def score(
     inputs: Annotated[list[str], typer.Argument(help="Files, folders or dataset specs.")],
     bpd: Annotated[bool, typer.Option("--bpd/--no-bpd", help="Score by bits/dim.")] = True,
-    density: Annotated[str | None, typer.Option(help="Density run dir (default: zoo).")] = None,
+    density: DensityOpt = None,
     reference: Annotated[str | None, typer.Option(
         help="Clean reference set, e.g. cifar10:train[:2000]: adds ROC AUC and p-values.")] = None,
     plot: Annotated[str | None, typer.Option("--plot", help="Write PNG figures here.")] = None,
@@ -89,7 +91,7 @@ def purify(
     out: Annotated[str, typer.Option("--out", help="Output .npz (written when complete).")],
     eps: Annotated[float, typer.Option("--eps", help="eps_defend on the 0-255 scale.")] = 16,
     method: Annotated[str, typer.Option(help="pixeldefend or feature-squeeze.")] = "pixeldefend",
-    density: Annotated[str | None, typer.Option(help="Density run dir (default: zoo).")] = None,
+    density: DensityOpt = None,
     adaptive_threshold: Annotated[float | None, typer.Option(
         help="Adaptive PixelDefend: purify only images above this bits/dim.")] = None,
     grid: Annotated[str | None, typer.Option(help="PNG: inputs above purified.")] = None,
@@ -226,7 +228,8 @@ def train_clf(
 def attack_cmd(
     input: Annotated[str, typer.Argument(
         help="Images (.npz/.npy/PNG/JPEG/folder) or a dataset spec like cifar10:test[:100].")],
-    clf: Annotated[str, typer.Option("--clf", help="Classifier run dir (pxd train-clf).")],
+    clf: Annotated[str, typer.Option(
+        "--clf", help="Classifier run dir or shipped model name (pxd zoo).")],
     attack: Annotated[str, typer.Option(
         "--attack", help="rand, fgsm, bim, deepfool, cw or pgd.")] = "fgsm",
     eps: Annotated[float, typer.Option(
@@ -263,8 +266,9 @@ def bench(
     eps_attack: Annotated[str, typer.Option(
         "--eps-attack", help="Comma list of L-inf budgets, 0-255 scale.")] = "2,8,16",
     clf: Annotated[list[str] | None, typer.Option(
-        "--clf", help="Classifier run dir; repeat for more rows (default: zoo).")] = None,
-    density: Annotated[str | None, typer.Option(help="Density run dir (default: zoo).")] = None,
+        "--clf", help="Classifier run dir or shipped model name; repeat for more rows "
+        "(default: the zoo's).")] = None,
+    density: DensityOpt = None,
     defense: Annotated[str, typer.Option(
         "--defense", help="all or a comma list of none, feature-squeeze, pixeldefend, "
         "adaptive-pixeldefend.")] = "all",

@@ -36,11 +36,13 @@ def run_params_path(run_dir: str) -> str:
 
 
 def load_density(path: str):
-    """(model, params, config, meta) of a density run directory."""
+    """(model, params, config, meta) of a density run directory or shipped model name."""
     from pxd.config import load_json
     from pxd.data import DATASETS
     from pxd.density import DensityConfig, build_model
+    from pxd.zoo import resolve
 
+    path = resolve(path)
     if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
         raise PxdError(f"density checkpoint not found: {path} (a run dir of pxd train-density)")
     cfg = load_json(DensityConfig, os.path.join(path, "config.json"))

@@ -29,6 +29,16 @@ def entries(zoo_dir: str = ZOO_DIR) -> list[dict]:
     return out
 
 
+def resolve(path: str) -> str:
+    """A run directory as given, or the shipped model named `path` (e.g. vgg-c10-normal)."""
+    if os.path.isdir(path) or os.sep in path:
+        return path
+    for e in entries():
+        if e["name"] == path:
+            return e["path"]
+    return path
+
+
 def default_path(kind: str, shape: tuple[int, ...], training: str | None = None,
                  arch: str | None = None) -> str:
     """The shipped default model of `kind` ('density' or 'classifier') for images of `shape`."""
