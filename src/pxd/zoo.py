@@ -29,6 +29,15 @@ def entries(zoo_dir: str = ZOO_DIR) -> list[dict]:
     return out
 
 
+def card_of(path: str) -> dict:
+    """The model card of a zoo entry directory; {} for a plain run directory."""
+    p = os.path.join(path, "card.json")
+    if not os.path.isfile(p):
+        return {}
+    with open(p) as f:
+        return json.load(f)
+
+
 def resolve(path: str) -> str:
     """A run directory as given, or the shipped model named `path` (e.g. vgg-c10-normal)."""
     if os.path.isdir(path) or os.sep in path:

@@ -9,9 +9,10 @@ image only if it survives every attack. ADAPTIVE (BPDA) attacks each defence end
 (`pxd.adaptive`); for no defence it is plain PGD.
 
 Everything crafted is cached under OUT/cache (attacks keyed by classifier digest, attack,
-eps, n, seed and options; purifications and bits/dim by input digest, eps_defend and density
-digest), so reruns, new defences and new classifiers reuse what exists. eps = 0 attacks are
-the inputs themselves (every attack returns its input there), so those cells equal CLEAN.
+eps, n, seed, options and, where results depend on it, batch size; purifications and bits/dim
+by input digest, eps_defend and density digest), so reruns, new defences and new
+classifiers reuse what exists. eps = 0 attacks are the inputs themselves (every attack
+returns its input there), so those cells equal CLEAN.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ PAPER_TABLE1: dict[tuple[str, str, str], dict[str, str]] = {
 
 # DeepFool and CW find a minimal perturbation, then clip it to the eps-ball (Appendix A).
 EPS_FREE_ATTACKS = ("deepfool", "cw")
+BATCH_DEPENDENT_ATTACKS = ("rand", "pgd", "cw")
 
 
 def _items(s: str) -> list[str]:
@@ -311,7 +313,9 @@ def _craft_cached(cache: _Cache, m: dict, attack: str, e: int, opts: dict, x: np
     """Oblivious attack on the classifier alone; key depends on (seed, attack, eps) only."""
     from pxd.classify import craft
 
-    name = f"adv_{m['digest'][:12]}_{attack}_{e}_{len(x)}_{seed}{_opts_tag(opts)}.npz"
+    # random starts fold in the batch index and CW's early abort is per batch
+    tag = f"_b{batch_size}" if attack in BATCH_DEPENDENT_ATTACKS else ""
+    name = f"adv_{m['digest'][:12]}_{attack}_{e}_{len(x)}_{seed}{tag}{_opts_tag(opts)}.npz"
 
     def compute():
         with rep.progress(f"{attack} eps={e} {_opts_tag(opts)[1:]} ({m['label']})",
@@ -331,7 +335,7 @@ def _bpda_cached(cache: _Cache, m: dict, defence: str, attack_fn, dparams, e: in
     import jax
 
     tag = _opts_tag(settings)
-    name = f"bpda_{m['digest'][:12]}_{defence}_{e}_{len(x)}_{seed}{tag}.npz"
+    name = f"bpda_{m['digest'][:12]}_{defence}_{e}_{len(x)}_{seed}_b{batch_size}{tag}.npz"
 
     def compute():
         key = _seed_key(seed, "bpda", defence, e)
@@ -358,6 +362,19 @@ def _seed_key(seed: int, *parts):
     for p in parts:
         key = jax.random.fold_in(key, zlib.crc32(str(p).encode()))
     return key
+
+
+def _density_info(dens: dict) -> dict:
+    """Identity and test bits/dim of the density model: the zoo card's full-test-split
+    figure when shipped, else the run's best periodic evaluation."""
+    from pxd import zoo
+
+    card = zoo.card_of(zoo.resolve(dens["path"]))
+    bpd, bpd_n = card.get("test_bpd"), card.get("n_test")
+    if bpd is None:
+        bpd, bpd_n = dens["meta"].get("best_test_bpd"), dens["meta"].get("eval_n")
+    return dict(path=dens["path"], sha256=dens["digest"], preset=dens["cfg"].preset,
+                test_bpd=bpd, test_bpd_n=bpd_n)
 
 
 def _load_classifiers(paths: list[str | None], dataset: str | None):
@@ -640,7 +657,8 @@ def run_bench(
                 continue
             consistency_checks += consistency(row_name, g["clean"], g["corr"], acc, eps_list,
                                               g.get("adaptive"))
-            paper = PAPER_TABLE1.get((m["cfg"].arch, m["cfg"].training, d))
+            paper = (PAPER_TABLE1.get((m["cfg"].arch, m["cfg"].training, d))
+                     if dataset == "cifar10" else None)  # Table 1 is CIFAR-10 only
             results_rows.append(dict(
                 name=row_name, classifier=m["path"], defence=d, acc=acc, paper=paper,
                 adaptive_images=k_adapt if "adaptive" in g else 0))
@@ -669,9 +687,7 @@ def run_bench(
                           preset=m["cfg"].preset, test_acc=m["meta"].get("test_acc"),
                           test_n=m["meta"].get("n"), bim_2x_steps=m.get("bim2x"))
                      for m in models],
-        density=None if dens is None else dict(
-            path=dens["path"], sha256=dens["digest"], preset=dens["cfg"].preset,
-            best_test_bpd=dens["meta"].get("best_test_bpd")),
+        density=None if dens is None else _density_info(dens),
         columns=columns, rows=results_rows, detection=detection, sanity=checks,
         consistency=consistency_checks, cache=cache.stats, timings=timings,
     )
@@ -750,8 +766,9 @@ def _report_md(info: dict) -> str:
                  f"{c['arch']} {c['preset']} | {q} |")
     d = info["density"]
     if d is not None:
-        b = d["best_test_bpd"]
-        q = f"test bits/dim {b:.4f}" if b is not None else "test bits/dim n/a"
+        b = d["test_bpd"]
+        q = (f"test bits/dim {b:.4f} on {d['test_bpd_n']} images" if b is not None
+             else "test bits/dim n/a")
         L.append(f"| density | `{d['path']}` | `{d['sha256']}` | PixelCNN++ {d['preset']} | {q} |")
     L += ["", "## Accuracy (%)", "",
           "Oblivious attacks are crafted against the classifier alone, then the defence is "
