@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pxd.attacks import _budget, _finish, _project, _uniform_int_noise, _xent
+from pxd.attacks import budget, finish, project, uniform_int_noise, xent
 from pxd.likelihood import bits_per_dim
 
 Defence = Callable[[jax.Array], jax.Array]  # float32 integral images -> float32 images
@@ -116,7 +116,7 @@ def ce_oracle(logits_fn: Callable, defence: Defence) -> Oracle:
     def oracle(x, y):
         def loss(z):
             logits = logits_fn(through(z))
-            ce = _xent(logits, y)
+            ce = xent(logits, y)
             # summing keeps each example's gradient its own (examples are independent)
             return ce.sum(), (ce, jnp.argmax(logits, -1) != y)
 
@@ -181,7 +181,7 @@ def bpda_update(oracle: Oracle, state: BPDAState, x0: jax.Array, y: jax.Array, e
     """Judge the current iterate (recording it), then take one projected sign step."""
     d, loss, wrong = oracle(state.x_adv, y)
     state = _record(state, state.x_adv, loss, wrong)
-    stepped = _project(state.x_adv + alpha * jnp.sign(d), x0, e)
+    stepped = project(state.x_adv + alpha * jnp.sign(d), x0, e)
     return state._replace(x_adv=stepped, step=state.step + 1)
 
 
@@ -199,7 +199,7 @@ def bpda_pgd(oracle: Oracle, x, y, *, eps, key: jax.Array, steps: int = 40,
     x0 = jnp.asarray(x).astype(jnp.float32)
     y = jnp.asarray(y).astype(jnp.int32)
     n = x0.shape[0]
-    e = _budget(eps, n)
+    e = budget(eps, n)
     if alpha is None:
         a = jnp.maximum(1.0, jnp.round(e / 4.0))
     else:
@@ -207,9 +207,9 @@ def bpda_pgd(oracle: Oracle, x, y, *, eps, key: jax.Array, steps: int = 40,
 
     def restart(state, inp):
         k, r = inp
-        noisy = x0 + _uniform_int_noise(k, x0.shape, e)
+        noisy = x0 + uniform_int_noise(k, x0.shape, e)
         use_noise = random_start & ~(clean_first & (r == 0))
-        start = _project(jnp.where(use_noise, noisy, x0), x0, e)
+        start = project(jnp.where(use_noise, noisy, x0), x0, e)
         state = state._replace(x_adv=start)
         first = state.step
 
@@ -228,7 +228,7 @@ def bpda_pgd(oracle: Oracle, x, y, *, eps, key: jax.Array, steps: int = 40,
 
     r = max(1, int(restarts))
     final, _ = lax.scan(restart, bpda_init(x0), (jax.random.split(key, r), jnp.arange(r)))
-    return _finish(final.best_x, x0, e)
+    return finish(final.best_x, x0, e)
 
 
 # --------------------------------------------------------------------------- glue

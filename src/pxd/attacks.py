@@ -32,26 +32,26 @@ LogitsFn = Callable[[jax.Array], jax.Array]
 # --------------------------------------------------------------------------- helpers
 
 
-def _budget(eps, n: int) -> jax.Array:
+def budget(eps, n: int) -> jax.Array:
     """Integer L-inf budget floor(max(eps, 0)) as float32 of shape (N, 1, 1, 1)."""
     e = jnp.floor(jnp.maximum(jnp.asarray(eps, jnp.float32), 0.0))
     return jnp.broadcast_to(e, (n,)).reshape(n, 1, 1, 1)
 
 
-def _project(x_adv: jax.Array, x0: jax.Array, e: jax.Array) -> jax.Array:
+def project(x_adv: jax.Array, x0: jax.Array, e: jax.Array) -> jax.Array:
     """Clip to the L-inf ball of radius `e` around x0 and to the pixel range [0, 255]."""
     return jnp.clip(jnp.clip(x_adv, x0 - e, x0 + e), 0.0, 255.0)
 
 
-def _finish(x_adv: jax.Array, x0: jax.Array, e: jax.Array) -> jax.Array:
+def finish(x_adv: jax.Array, x0: jax.Array, e: jax.Array) -> jax.Array:
     """Clip to the ball, round to the integer grid and cast to uint8.
 
     Rounding after clipping stays inside the ball because x0 and e are integral.
     """
-    return jnp.round(_project(x_adv, x0, e)).astype(jnp.uint8)
+    return jnp.round(project(x_adv, x0, e)).astype(jnp.uint8)
 
 
-def _xent(logits: jax.Array, y: jax.Array) -> jax.Array:
+def xent(logits: jax.Array, y: jax.Array) -> jax.Array:
     """Per-example softmax cross-entropy (N,)."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, y)
 
@@ -61,7 +61,7 @@ def _loss_grad(logits_fn: LogitsFn, x: jax.Array, y: jax.Array) -> jax.Array:
 
     Summing (not averaging) the loss keeps each example's gradient unscaled by N.
     """
-    return jax.grad(lambda z: _xent(logits_fn(z), y).sum())(x)
+    return jax.grad(lambda z: xent(logits_fn(z), y).sum())(x)
 
 
 def _bim_steps(e: jax.Array) -> jax.Array:
@@ -70,7 +70,7 @@ def _bim_steps(e: jax.Array) -> jax.Array:
     return jnp.floor(jnp.minimum(e + 4.0, 1.25 * e)).astype(jnp.int32)
 
 
-def _uniform_int_noise(key: jax.Array, shape, e: jax.Array) -> jax.Array:
+def uniform_int_noise(key: jax.Array, shape, e: jax.Array) -> jax.Array:
     """Integers drawn uniformly from [-e, e] per element (e broadcast to `shape`)."""
     u = jax.random.uniform(key, shape)
     # floor(u * (2e + 1)) is uniform on {0, ..., 2e}; min() guards u*(2e+1) rounding to 2e+1
@@ -90,15 +90,15 @@ def rand(logits_fn: LogitsFn, x, y, *, eps, key: jax.Array) -> jax.Array:
     `logits_fn` and `y` are unused; they keep the common attack signature.
     """
     x0, _ = _inputs(x, y)
-    e = _budget(eps, x0.shape[0])
-    return _finish(x0 + _uniform_int_noise(key, x0.shape, e), x0, e)
+    e = budget(eps, x0.shape[0])
+    return finish(x0 + uniform_int_noise(key, x0.shape, e), x0, e)
 
 
 def fgsm(logits_fn: LogitsFn, x, y, *, eps, key: jax.Array | None = None) -> jax.Array:
     """FGSM: x + floor(eps) * sign(grad_x L(x, y)), clipped to [0, 255]. `key` is unused."""
     x0, y = _inputs(x, y)
-    e = _budget(eps, x0.shape[0])
-    return _finish(x0 + e * jnp.sign(_loss_grad(logits_fn, x0, y)), x0, e)
+    e = budget(eps, x0.shape[0])
+    return finish(x0 + e * jnp.sign(_loss_grad(logits_fn, x0, y)), x0, e)
 
 
 # --------------------------------------------------------------------------- BIM / PGD
@@ -131,7 +131,7 @@ def sign_update(
     per-example eps runs the largest count once. `alpha` (N,1,1,1) is integral.
     """
     grad = _loss_grad(logits_fn, state.x_adv, y)
-    stepped = _project(state.x_adv + alpha * jnp.sign(grad), x0, e)
+    stepped = project(state.x_adv + alpha * jnp.sign(grad), x0, e)
     active = (state.step < steps).reshape(-1, 1, 1, 1)
     return SignState(jnp.where(active, stepped, state.x_adv), state.step + 1)
 
@@ -164,10 +164,10 @@ def bim(
     """
     x0, y = _inputs(x, y)
     n = x0.shape[0]
-    e = _budget(eps, n)
+    e = budget(eps, n)
     count = _bim_steps(e) if steps is None else jnp.full((n,), steps, jnp.int32)
     a = jnp.full((n, 1, 1, 1), max(1.0, round(alpha)), jnp.float32)
-    return _finish(_sign_attack(logits_fn, x0, y, e, a, count, x0), x0, e)
+    return finish(_sign_attack(logits_fn, x0, y, e, a, count, x0), x0, e)
 
 
 def pgd(
@@ -192,7 +192,7 @@ def pgd(
     """
     x0, y = _inputs(x, y)
     n = x0.shape[0]
-    e = _budget(eps, n)
+    e = budget(eps, n)
     if alpha is None:
         a = jnp.maximum(1.0, jnp.round(e / 4.0))
     else:
@@ -204,12 +204,12 @@ def pgd(
 
     def score(xa):
         logits = logits_fn(xa)
-        return jnp.argmax(logits, -1) != y, _xent(logits, y)
+        return jnp.argmax(logits, -1) != y, xent(logits, y)
 
     def restart(best, k):
         best_x, best_wrong, best_loss = best
-        start = x0 + _uniform_int_noise(k, x0.shape, e) if random_start else x0
-        xa = _sign_attack(logits_fn, x0, y, e, a, count, _project(start, x0, e))
+        start = x0 + uniform_int_noise(k, x0.shape, e) if random_start else x0
+        xa = _sign_attack(logits_fn, x0, y, e, a, count, project(start, x0, e))
         wrong, loss = score(xa)
         better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
         keep = better.reshape(-1, 1, 1, 1)
@@ -222,7 +222,7 @@ def pgd(
 
     init = (x0, jnp.zeros((n,), bool), jnp.full((n,), -jnp.inf, jnp.float32))
     (best_x, _, _), _ = lax.scan(restart, init, jax.random.split(key, max(1, restarts)))
-    return _finish(best_x, x0, e)
+    return finish(best_x, x0, e)
 
 
 # --------------------------------------------------------------------------- DeepFool
@@ -322,12 +322,12 @@ def deepfool(
     come back as the clean image. See `deepfool_raw` for the options. `key` is unused.
     """
     x0, y = _inputs(x, y)
-    e = _budget(eps, x0.shape[0])
+    e = budget(eps, x0.shape[0])
     raw = deepfool_raw(
         logits_fn, x0, y, max_iter=max_iter, overshoot=overshoot, num_classes=num_classes,
         quantize=True,
     )
-    return _finish(raw, x0, e)
+    return finish(raw, x0, e)
 
 
 # --------------------------------------------------------------------------- Carlini-Wagner
@@ -476,7 +476,7 @@ def cw(
     `key` is unused.
     """
     x0, y = _inputs(x, y)
-    e = _budget(eps, x0.shape[0])
+    e = budget(eps, x0.shape[0])
     raw = cw_raw(
         logits_fn,
         x0,
@@ -489,7 +489,7 @@ def cw(
         quantize=True,
         abort_early=abort_early,
     )
-    return _finish(raw, x0, e)
+    return finish(raw, x0, e)
 
 
 ATTACKS = {"rand": rand, "fgsm": fgsm, "bim": bim, "deepfool": deepfool, "cw": cw, "pgd": pgd}
