@@ -42,7 +42,9 @@ def run_zoo_export(run_dir: str, name: str, *, default: bool, command: str,
         raise PxdError(f"{run_dir} is not a pxd run directory")
     kind = _kind(run_dir)
     meta = checkpoint.read_meta(run_dir)
-    card = {"steps": checkpoint.latest_step(run_dir), "wall_s": meta.get("wall_s"),
+    # the step whose parameters are exported (best/ may predate the last checkpoint)
+    steps = meta.get("best_step", meta.get("step")) or checkpoint.latest_step(run_dir)
+    card = {"steps": steps, "wall_s": meta.get("wall_s"),
             "machine": meta.get("machine"), "train_command": command,
             "measured": time.strftime("%Y-%m-%d"), "measured_on": machine()}
     if kind == "density":
