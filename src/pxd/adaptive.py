@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pxd.attacks import budget, finish, project, uniform_int_noise, xent
+from pxd.attacks import budget, finish, pgd_step_size, project, uniform_int_noise, xent
 from pxd.likelihood import bits_per_dim
 
 Defence = Callable[[jax.Array], jax.Array]  # float32 integral images -> float32 images
@@ -200,10 +200,7 @@ def bpda_pgd(oracle: Oracle, x, y, *, eps, key: jax.Array, steps: int = 40,
     y = jnp.asarray(y).astype(jnp.int32)
     n = x0.shape[0]
     e = budget(eps, n)
-    if alpha is None:
-        a = jnp.maximum(1.0, jnp.round(e / 4.0))
-    else:
-        a = jnp.full((n, 1, 1, 1), max(1.0, round(alpha)), jnp.float32)
+    a = pgd_step_size(e, alpha)
 
     def restart(state, inp):
         k, r = inp

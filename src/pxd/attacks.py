@@ -51,6 +51,14 @@ def finish(x_adv: jax.Array, x0: jax.Array, e: jax.Array) -> jax.Array:
     return jnp.round(project(x_adv, x0, e)).astype(jnp.uint8)
 
 
+def pgd_step_size(e: jax.Array, alpha: float | None) -> jax.Array:
+    """Integral PGD step per example, (N, 1, 1, 1): max(1, round(alpha)), or by default
+    max(1, round(eps / 4)) so about four steps cross the ball."""
+    if alpha is None:
+        return jnp.maximum(1.0, jnp.round(e / 4.0))
+    return jnp.full(e.shape, max(1.0, round(alpha)), jnp.float32)
+
+
 def xent(logits: jax.Array, y: jax.Array) -> jax.Array:
     """Per-example softmax cross-entropy (N,)."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, y)
@@ -193,10 +201,7 @@ def pgd(
     x0, y = _inputs(x, y)
     n = x0.shape[0]
     e = budget(eps, n)
-    if alpha is None:
-        a = jnp.maximum(1.0, jnp.round(e / 4.0))
-    else:
-        a = jnp.full((n, 1, 1, 1), max(1.0, round(alpha)), jnp.float32)
+    a = pgd_step_size(e, alpha)
     if steps is None:
         count = jnp.full((n,), 2 * jnp.max(_bim_steps(e)) + 10, jnp.int32)
     else:
