@@ -235,3 +235,15 @@ def test_paper_table_transcribed():
     assert off == [(("resnet", "adv-fgsm", "pixeldefend"), 1)]
     assert bench.paper_cell("92/87/76", [0, 2, 8]) == "--/92/87"
     assert bench.cell({2: 0.07, 8: 1.0}, [2, 8]) == "07/100"
+
+
+def test_clf_all_expands_to_the_shipped_classifiers():
+    from pxd import zoo
+
+    shipped = [e for e in zoo.entries() if e["kind"] == "classifier"
+               and e["dataset"] == "cifar10"]
+    models = bench._load_classifiers(["all"], "cifar10")
+    assert len(models) == len(shipped) >= 1
+    assert models[0]["path"] == zoo.default_path("classifier", (32, 32, 3))
+    with pytest.raises(PxdError, match="no classifiers shipped"):
+        bench._load_classifiers(["all"], "no-such-dataset")

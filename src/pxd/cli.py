@@ -266,8 +266,8 @@ def bench(
     eps_attack: Annotated[str, typer.Option(
         "--eps-attack", help="Comma list of L-inf budgets, 0-255 scale.")] = "2,8,16",
     clf: Annotated[list[str] | None, typer.Option(
-        "--clf", help="Classifier run dir or shipped model name; repeat for more rows "
-        "(default: the zoo's).")] = None,
+        "--clf", help="Classifier run dir or shipped model name; repeat for more rows; "
+        "'all': every shipped classifier for the dataset (default: the zoo's default).")] = None,
     density: DensityOpt = None,
     defense: Annotated[str, typer.Option(
         "--defense", help="all or a comma list of none, feature-squeeze, pixeldefend, "

@@ -378,15 +378,21 @@ def _density_info(dens: dict) -> dict:
 
 
 def _load_classifiers(paths: list[str | None], dataset: str | None):
+    from pxd import zoo
     from pxd.classify import load_classifier, make_logits_fn
     from pxd.data import DATASETS
     from pxd.store import params_digest
 
+    if "all" in paths:  # every shipped classifier for the dataset, default first
+        shipped = [e for e in zoo.entries() if e["kind"] == "classifier"
+                   and e["dataset"] == (dataset or "cifar10")]
+        shipped.sort(key=lambda e: not e.get("default"))
+        paths = [q for p in paths for q in ([e["path"] for e in shipped] if p == "all" else [p])]
+        if not paths:
+            raise PxdError(f"no classifiers shipped for {dataset or 'cifar10'}")
     out = []
     for p in paths:
         if p is None:
-            from pxd import zoo
-
             p = zoo.default_path("classifier", DATASETS[dataset or "cifar10"].shape)
         model, variables, cfg, meta = load_classifier(p)
         out.append(dict(
