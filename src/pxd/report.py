@@ -38,8 +38,8 @@ class Reporter:
         if self.json_mode:
             return
         t = Table(title=title)
-        for c in columns:
-            t.add_column(c)
+        for i, c in enumerate(columns):
+            t.add_column(c, no_wrap=i == 0)  # row names stay whole (they are copied as args)
         for r in rows:
             t.add_row(*[fmt(v) for v in r])
         self.out.print(t)

@@ -20,12 +20,12 @@ def run_zoo_list(rep: Reporter) -> list[dict]:
         if e.get("kind") == "density":
             fig = f"{e['test_bpd']:.3f} bits/dim"
         else:
-            fig = f"{100 * e['test_acc']:.1f}% accuracy"
-        name = e["name"] + (" (default)" if e.get("default") else "")
-        rows.append([name, e.get("dataset"), e.get("what", ""), fig, e.get("steps"),
-                     f"{e.get('wall_s', 0) / 3600:.1f} h", e["sha256"][:12]])
-    rep.table("models shipped with pxd (figures measured by pxd on the full test split)",
-              ["name", "dataset", "model", "test figure", "steps", "train time", "sha256"], rows)
+            fig = f"{100 * e['test_acc']:.2f}%"
+        name = e["name"] + (" *" if e.get("default") else "")
+        rows.append([name, e.get("dataset"), e.get("preset"), fig, e.get("steps"),
+                     f"{e.get('wall_s', 0) / 3600:.1f} h"])
+    rep.table("shipped models (* default; test split measured by pxd; sha256 in --json)",
+              ["name", "dataset", "preset", "test", "steps", "trained"], rows)
     rep.json(zoo.entries())
     return zoo.entries()
 
