@@ -19,8 +19,8 @@ venv: $(STAMP)
 
 # The main job on the shipped models: Table 1 with the adaptive column, CIFAR-10 test images.
 demo: $(STAMP)
-	$(BIN)/pxd bench --attack all --eps-attack 2,8,16 --n 50 --adaptive-n 20 --adaptive-steps 10 \
-	  --attack-opt cw.search_steps=3 --attack-opt cw.max_iterations=100 --out demo-out
+	$(BIN)/pxd bench --attack all --eps-attack 2,8,16 --n 100 --adaptive-n 50 --adaptive-steps 20 \
+	  --out demo-out
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
