@@ -1,0 +1,3 @@
+from pxd.cli import main
+
+main()

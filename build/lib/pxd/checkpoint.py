@@ -1,0 +1,167 @@
+"""All checkpoint I/O (orbax lives only here).
+
+A run directory holds `config.json`, `ckpt/step_<n>/` (full training state, orbax),
+`ckpt/LATEST` (the step of the newest complete checkpoint), `best/` (inference
+parameters, orbax) and `meta.json` (metrics). Every pointer is written after the data
+it points to, by rename, so a run killed at any moment leaves a usable checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+
+from pxd.errors import PxdError
+
+
+def _ocp():
+    import orbax.checkpoint as ocp
+
+    return ocp
+
+
+def _write_text(path: str, text: str) -> None:
+    _write_bytes(path, text.encode())
+
+
+def save_state(run_dir: str, step: int, state: Any, keep: int = 2) -> None:
+    """Save the full training state at `step` and point LATEST at it."""
+    ckdir = os.path.abspath(os.path.join(run_dir, "ckpt"))
+    os.makedirs(ckdir, exist_ok=True)
+    path = os.path.join(ckdir, f"step_{step}")
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    ckptr = _ocp().StandardCheckpointer()
+    ckptr.save(path, state)
+    ckptr.wait_until_finished()
+    _write_text(os.path.join(ckdir, "LATEST"), str(step))
+    steps = sorted(
+        int(d.split("_")[1]) for d in os.listdir(ckdir) if d.startswith("step_") and "." not in d
+    )
+    for s in steps[:-keep]:
+        shutil.rmtree(os.path.join(ckdir, f"step_{s}"), ignore_errors=True)
+
+
+def check_run_dir(out: str, cfg: Any, *, resume: bool) -> None:
+    """Refuse to overwrite a run, to resume nothing, or to resume with another config
+    (apart from `steps`: a run may be extended)."""
+    from pxd import config
+
+    cfg_path = os.path.join(out, "config.json")
+    if os.path.exists(cfg_path):
+        if not resume:
+            raise PxdError(f"{out} already holds a run; pass --resume to continue it")
+        saved = config.load_json(type(cfg), cfg_path)
+        if config.replace(saved, steps=cfg.steps) != config.replace(cfg, steps=cfg.steps):
+            raise PxdError(f"{out} was trained with a different config; resume it as it was")
+    elif resume:
+        raise PxdError(f"nothing to resume in {out}")
+
+
+def write_config(out: str, cfg: Any) -> None:
+    """The resolved config, saved beside the run's outputs."""
+    from pxd import config
+
+    os.makedirs(out, exist_ok=True)
+    _write_text(os.path.join(out, "config.json"), config.to_json(cfg))
+
+
+def latest_step(run_dir: str) -> int | None:
+    p = os.path.join(run_dir, "ckpt", "LATEST")
+    if not os.path.exists(p):
+        return None
+    with open(p) as f:
+        return int(f.read().strip())
+
+
+def restore_state(run_dir: str, target: Any) -> tuple[int, Any]:
+    step = latest_step(run_dir)
+    if step is None:
+        raise PxdError(f"no checkpoint to resume in {run_dir}")
+    path = os.path.abspath(os.path.join(run_dir, "ckpt", f"step_{step}"))
+    return step, _ocp().StandardCheckpointer().restore(path, target)
+
+
+def save_params(path: str, params: Any) -> None:
+    """Inference parameters (e.g. EMA weights) to an orbax directory, replaced atomically."""
+    path = os.path.abspath(path)
+    tmp = path + ".tmp"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    ckptr = _ocp().StandardCheckpointer()
+    ckptr.save(tmp, params)
+    ckptr.wait_until_finished()
+    old = path + ".old"
+    if os.path.exists(path):
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_msgpack(path: str, params: Any) -> str:
+    """Inference parameters as one msgpack file (the zoo's format); returns its sha256."""
+    import hashlib
+
+    from flax import serialization
+
+    blob = serialization.msgpack_serialize(jax.device_get(params))
+    _write_bytes(path, blob)
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _write_bytes(path: str, blob: bytes) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_msgpack(path: str) -> Any:
+    """A zoo file; its sha256 must match the `sha256` of card.json beside it."""
+    import hashlib
+
+    from flax import serialization
+
+    with open(path, "rb") as f:
+        blob = f.read()
+    card = os.path.join(os.path.dirname(path), "card.json")
+    if os.path.exists(card):
+        with open(card) as f:
+            want = json.load(f).get("sha256")
+        got = hashlib.sha256(blob).hexdigest()
+        if want != got:
+            raise PxdError(f"checksum mismatch for {path}: card says {want}, file is {got}")
+    try:
+        return serialization.msgpack_restore(blob)
+    except Exception as e:
+        raise PxdError(f"cannot read parameters {path}: {type(e).__name__}") from None
+
+
+def load_params(path: str, target: Any | None = None) -> Any:
+    path = os.path.abspath(path)
+    if path.endswith(".msgpack") and os.path.isfile(path):
+        return _load_msgpack(path)
+    if not os.path.isdir(path):
+        raise PxdError(f"no parameters at {path}")
+    try:
+        return _ocp().StandardCheckpointer().restore(path, target)
+    except Exception as e:  # orbax raises many types; all mean the same to a user
+        raise PxdError(f"cannot load parameters from {path}: {type(e).__name__}") from None
+
+
+def write_meta(run_dir: str, meta: dict) -> None:
+    _write_text(os.path.join(run_dir, "meta.json"), json.dumps(meta, indent=2, sort_keys=True))
+
+
+def read_meta(run_dir: str) -> dict:
+    p = os.path.join(run_dir, "meta.json")
+    if not os.path.exists(p):
+        return {}
+    with open(p) as f:
+        return json.load(f)

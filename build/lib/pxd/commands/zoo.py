@@ -1,0 +1,71 @@
+"""`pxd zoo`: list the shipped models; `--export` adds a trained run to the package's zoo."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+from pxd import checkpoint, data, zoo
+from pxd.errors import PxdError
+from pxd.report import Reporter
+from pxd.store import machine
+
+
+def run_zoo_list(rep: Reporter) -> list[dict]:
+    rows = []
+    for e in zoo.entries():
+        if e.get("kind") == "density":
+            fig = f"{e['test_bpd']:.3f} bits/dim"
+        else:
+            fig = f"{100 * e['test_acc']:.2f}%"
+        name = e["name"] + (" *" if e.get("default") else "")
+        rows.append([name, e.get("dataset"), e.get("preset"), fig, e.get("steps"),
+                     f"{e.get('wall_s', 0) / 3600:.1f} h"])
+    rep.table("shipped models (* default; test split measured by pxd; sha256 in --json)",
+              ["name", "dataset", "preset", "test", "steps", "trained"], rows)
+    rep.json(zoo.entries())
+    return zoo.entries()
+
+
+def _kind(run_dir: str) -> str:
+    with open(os.path.join(run_dir, "config.json")) as f:
+        return "classifier" if "arch" in json.load(f) else "density"
+
+
+def run_zoo_export(run_dir: str, name: str, *, default: bool, command: str,
+                   data_dir: str | None, rep: Reporter, zoo_dir: str = zoo.ZOO_DIR) -> dict:
+    """Measure a run on its full test split and copy its inference parameters into the zoo."""
+    if not os.path.exists(os.path.join(run_dir, "config.json")):
+        raise PxdError(f"{run_dir} is not a pxd run directory")
+    kind = _kind(run_dir)
+    meta = checkpoint.read_meta(run_dir)
+    # the step whose parameters are exported (best/ may predate the last checkpoint)
+    steps = meta.get("best_step", meta.get("step")) or checkpoint.latest_step(run_dir)
+    card = {"steps": steps, "wall_s": meta.get("wall_s"),
+            "machine": meta.get("machine"), "train_command": command,
+            "measured": time.strftime("%Y-%m-%d"), "measured_on": machine()}
+    if kind == "density":
+        from pxd.commands.score import score_bpd
+        from pxd.store import load_density
+
+        model, params, cfg, _ = load_density(run_dir)
+        x, _ = data.load(f"{cfg.dataset}:test", data_dir)
+        bpd = score_bpd(model, params, x, rep, f"{cfg.dataset} test")
+        card.update(dataset=cfg.dataset, preset=cfg.preset, test_bpd=float(np.mean(bpd)),
+                    n_test=len(x), what=f"PixelCNN++ ({cfg.preset})")
+    else:
+        from pxd.classify import evaluate_accuracy, load_classifier, make_logits_fn
+
+        model, variables, cfg, _ = load_classifier(run_dir)
+        x, y = data.load(f"{cfg.dataset}:test", data_dir)
+        f = make_logits_fn(model, variables["params"], variables.get("batch_stats", {}))
+        acc = evaluate_accuracy(f, x, y)
+        card.update(dataset=cfg.dataset, preset=cfg.preset, arch=cfg.arch,
+                    training=cfg.training, test_acc=acc, n_test=len(x),
+                    what=f"{cfg.arch} {cfg.training} ({cfg.preset})")
+    full = zoo.export(run_dir, name, kind=kind, default=default, card=card, zoo_dir=zoo_dir)
+    rep.info(f"exported {run_dir} -> zoo/{name}: {json.dumps(card)}")
+    return full

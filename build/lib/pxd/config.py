@@ -1,0 +1,75 @@
+"""Typed, frozen configs: one per command, strict about keys and types, saved beside outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any
+
+from pxd.errors import PxdError
+
+
+def _check_type(name: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            if arm is type(None) and value is None:
+                return None
+            try:
+                return _check_type(name, value, arm)
+            except PxdError:
+                continue
+        raise PxdError(f"config key '{name}': {value!r} is not of type {tp}")
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise PxdError(f"config key '{name}': expected a mapping, got {value!r}")
+        return dict(value)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise PxdError(f"config key '{name}': expected a list, got {value!r}")
+        return tuple(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if type(value) is not tp:
+            raise PxdError(f"config key '{name}': expected {tp.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls, data: dict) -> Any:
+    """Build a frozen config dataclass; unknown keys and type mismatches are errors."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise PxdError(f"unknown config key(s) for {cls.__name__}: {', '.join(unknown)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _check_type(k, v, hints[k]) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise PxdError(f"{cls.__name__}: {e}") from None
+
+
+def replace(cfg, **changes):
+    """`dataclasses.replace` with the same strictness as `from_dict`."""
+    data = dataclasses.asdict(cfg)
+    data.update({k: v for k, v in changes.items() if v is not None})
+    return from_dict(type(cfg), data)
+
+
+def to_json(cfg) -> str:
+    return json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True)
+
+
+def load_json(cls, path: str):
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise PxdError(f"cannot read config {path}: {e}") from None
+    return from_dict(cls, data)

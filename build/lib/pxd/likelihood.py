@@ -1,0 +1,145 @@
+"""Exact likelihoods from the PixelCNN's per-sub-pixel 256-way conditionals.
+
+Units: images are integers 0..255; the mixture works on x' = 2v/255 - 1 in [-1, 1];
+negative log-likelihoods are in nats unless named *_bits; bits/dim divides by
+H*W*C*ln 2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+LN2 = math.log(2.0)
+_HALF_BIN = 1.0 / 255.0
+
+
+def split_mixture(raw: jax.Array, channels: int, nr_mix: int):
+    """Split the head output (..., nr_mix * (1 + 3C)) (or 3*nr_mix for C=1).
+
+    Returns logit_probs (..., M), means (..., C, M), log_scales (..., C, M),
+    coeffs (..., C, M) where coeffs[c] are the linear weights of earlier channels
+    (R->G, R->B, G->B for C=3; unused for C=1).
+    """
+    m = nr_mix
+    logit_probs = raw[..., :m]
+    rest = raw[..., m:].reshape(raw.shape[:-1] + (3, channels, m))
+    means = rest[..., 0, :, :]
+    log_scales = jnp.maximum(rest[..., 1, :, :], -7.0)
+    coeffs = jnp.tanh(rest[..., 2, :, :])
+    return logit_probs, means, log_scales, coeffs
+
+
+def _conditional_means(means, coeffs, xc):
+    """Means of each channel given the actual earlier channels (PixelCNN++'s linear AR).
+
+    means, coeffs: (..., C, M); xc: (..., C) in [-1, 1]. Returns (..., C, M).
+    """
+    c = means.shape[-2]
+    if c == 1:
+        return means
+    if c != 3:
+        raise ValueError("mixture head supports 1 or 3 channels")
+    r, g = xc[..., 0:1], xc[..., 1:2]
+    m_r = means[..., 0, :]
+    m_g = means[..., 1, :] + coeffs[..., 0, :] * r
+    m_b = means[..., 2, :] + coeffs[..., 1, :] * r + coeffs[..., 2, :] * g
+    return jnp.stack([m_r, m_g, m_b], axis=-2)
+
+
+def _bin_logprob(v, mu, log_s):
+    """log P(bin v) under a discretised logistic; v integer-valued array, stable everywhere.
+
+    Uses sigma(a) - sigma(b) = sigma(a) * sigma(-b) * (1 - e^(b-a)).
+    """
+    inv_s = jnp.exp(-log_s)
+    xv = v * (2.0 / 255.0) - 1.0
+    a = (xv + _HALF_BIN - mu) * inv_s
+    b = (xv - _HALF_BIN - mu) * inv_s
+    mid = (
+        jax.nn.log_sigmoid(a)
+        + jax.nn.log_sigmoid(-b)
+        + jnp.log(-jnp.expm1(-(2.0 * _HALF_BIN) * inv_s))
+    )
+    lo = jax.nn.log_sigmoid(a)
+    hi = jax.nn.log_sigmoid(-b)
+    return jnp.where(v <= 0, lo, jnp.where(v >= 255, hi, mid))
+
+
+def mixture_logits(raw: jax.Array, x: jax.Array, nr_mix: int) -> jax.Array:
+    """The 256-way log-probabilities of every sub-pixel.
+
+    raw: (B, H, W, P) head output; x: (B, H, W, C) values 0..255 (only channels
+    before c are read for channel c). Returns (B, H, W, C, 256) normalised logits.
+    """
+    channels = x.shape[-1]
+    logit_probs, means, log_scales, coeffs = split_mixture(raw, channels, nr_mix)
+    xc = x.astype(jnp.float32) * (2.0 / 255.0) - 1.0
+    mu = _conditional_means(means, coeffs, xc)  # (..., C, M)
+    v = jnp.arange(256, dtype=jnp.float32)[:, None]  # (256, M)
+    lp = _bin_logprob(v, mu[..., None, :], log_scales[..., None, :])  # (..., C, 256, M)
+    log_pi = jax.nn.log_softmax(logit_probs, axis=-1)[..., None, None, :]
+    logits = jax.nn.logsumexp(lp + log_pi, axis=-1)
+    return jax.nn.log_softmax(logits, axis=-1)
+
+
+def mixture_channel_scores(
+    raw: jax.Array, x: jax.Array, c: int, start: jax.Array, k: int, nr_mix: int
+) -> jax.Array:
+    """Unnormalised log-probabilities of channel c at values start, ..., start+k-1.
+
+    raw: (B, H, W, P) head output; x: (B, H, W, C) (channels < c are read); start:
+    (B, H, W) integers. Returns (B, H, W, k); entries for values above 255 are
+    meaningless (callers mask them). The k+1 bin edges are shared by neighbouring
+    values, and each value's score depends only on the value itself, not on the window
+    it was computed in: the same value gets the same bits from any window.
+    """
+    channels = x.shape[-1]
+    logit_probs, means, log_scales, coeffs = split_mixture(raw, channels, nr_mix)
+    xc = x.astype(jnp.float32) * (2.0 / 255.0) - 1.0
+    mu = _conditional_means(means, coeffs, xc)[..., c, None, :]  # (..., 1, M)
+    inv_s = jnp.exp(-log_scales[..., c, None, :])
+    v = (start[..., None] + jnp.arange(k + 1, dtype=jnp.int32)).astype(jnp.float32)
+    # standardised lower edge of bin v: (x_v - 1/255 - mu) / s
+    edge = (v[..., None] * (2.0 / 255.0) - (1.0 + _HALF_BIN) - mu) * inv_s  # (..., k+1, M)
+    sp = jax.nn.softplus(edge)
+    log_cdf = edge - sp  # log sigmoid(edge)
+    log_sf = -sp  # log sigmoid(-edge)
+    width = jnp.log(-jnp.expm1(-(2.0 * _HALF_BIN) * inv_s))  # (..., 1, M)
+    upper_cdf, lower_sf = log_cdf[..., 1:, :], log_sf[..., :-1, :]
+    vals = v[..., :-1, None]
+    lp = jnp.where(vals <= 0, upper_cdf,
+                   jnp.where(vals >= 255, lower_sf, upper_cdf + lower_sf + width))
+    log_pi = jax.nn.log_softmax(logit_probs, axis=-1)[..., None, :]
+    return jax.nn.logsumexp(lp + log_pi, axis=-1)
+
+
+def mixture_nll(raw: jax.Array, x: jax.Array, nr_mix: int) -> jax.Array:
+    """NLL (nats) at the observed values, (B, H, W, C).
+
+    Equal to the softmax cross-entropy of `mixture_logits` (the bins partition the
+    real line, so the 256 probabilities already sum to one) at a 256th of the cost.
+    """
+    channels = x.shape[-1]
+    logit_probs, means, log_scales, coeffs = split_mixture(raw, channels, nr_mix)
+    xf = x.astype(jnp.float32)
+    xc = xf * (2.0 / 255.0) - 1.0
+    mu = _conditional_means(means, coeffs, xc)
+    lp = _bin_logprob(xf[..., None], mu, log_scales)  # (..., C, M)
+    log_pi = jax.nn.log_softmax(logit_probs, axis=-1)[..., None, :]
+    return -jax.nn.logsumexp(lp + log_pi, axis=-1)
+
+
+def nll_from_logits(logits: jax.Array, x: jax.Array) -> jax.Array:
+    """NLL (nats) of integer values x (B, H, W, C) under normalised logits (..., 256)."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    idx = x.astype(jnp.int32)[..., None]
+    return -jnp.take_along_axis(logp, idx, axis=-1)[..., 0]
+
+
+def bits_per_dim(nll: jax.Array) -> jax.Array:
+    """Per-image bits/dim from a per-sub-pixel NLL map (B, H, W, C) in nats."""
+    dims = nll.shape[1] * nll.shape[2] * nll.shape[3]
+    return jnp.sum(nll, axis=(1, 2, 3)) / (dims * LN2)

@@ -1,0 +1,95 @@
+"""Shipped models (package data under pxd/zoo/<name>/): listing, defaults, export.
+
+An entry holds config.json (the training config, strict), meta.json (figures measured by
+pxd), params.msgpack (inference parameters only: EMA weights, BatchNorm statistics) and
+card.json (what it is, how it was made, the sha256 of params.msgpack, checked on load).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from pxd.errors import PxdError
+
+ZOO_DIR = os.path.join(os.path.dirname(__file__), "zoo")
+
+
+def entries(zoo_dir: str = ZOO_DIR) -> list[dict]:
+    """Model cards of the shipped models, with `name` and `path` added."""
+    out = []
+    if not os.path.isdir(zoo_dir):
+        return out
+    for name in sorted(os.listdir(zoo_dir)):
+        card = os.path.join(zoo_dir, name, "card.json")
+        if os.path.isfile(card):
+            with open(card) as f:
+                out.append(dict(json.load(f), name=name, path=os.path.join(zoo_dir, name)))
+    return out
+
+
+def card_of(path: str) -> dict:
+    """The model card of a zoo entry directory; {} for a plain run directory."""
+    p = os.path.join(path, "card.json")
+    if not os.path.isfile(p):
+        return {}
+    with open(p) as f:
+        return json.load(f)
+
+
+def resolve(path: str) -> str:
+    """A run directory as given, or the shipped model named `path` (e.g. vgg-c10-normal)."""
+    if os.path.isdir(path) or os.sep in path:
+        return path
+    for e in entries():
+        if e["name"] == path:
+            return e["path"]
+    return path
+
+
+def default_path(kind: str, shape: tuple[int, ...], training: str | None = None,
+                 arch: str | None = None) -> str:
+    """The shipped default model of `kind` ('density' or 'classifier') for images of `shape`."""
+    from pxd.data import DATASETS
+
+    for e in entries():
+        if e.get("kind") != kind or tuple(DATASETS[e["dataset"]].shape) != tuple(shape):
+            continue
+        if training is not None and e.get("training") != training:
+            continue
+        if arch is not None and e.get("arch") != arch:
+            continue
+        if training is None and arch is None and not e.get("default"):
+            continue
+        return e["path"]
+    flag, cmd = ("density", "train-density") if kind == "density" else ("clf", "train-clf")
+    raise PxdError(
+        f"no {kind} model given and none shipped for images of shape {tuple(shape)}; "
+        f"pass --{flag} RUN_DIR (train one with pxd {cmd})"
+    )
+
+
+def export(run_dir: str, name: str, *, kind: str, default: bool, card: dict,
+           zoo_dir: str = ZOO_DIR) -> dict:
+    """Copy a run's inference parameters and config into the zoo with a model card."""
+    from pxd import checkpoint
+    from pxd.store import run_params_path
+
+    params = checkpoint.load_params(run_params_path(run_dir))
+    dest = os.path.join(zoo_dir, name)
+    tmp = dest + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    shutil.copy(os.path.join(run_dir, "config.json"), os.path.join(tmp, "config.json"))
+    meta = checkpoint.read_meta(run_dir)
+    meta.pop("evals", None)
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+    digest = checkpoint.save_msgpack(os.path.join(tmp, "params.msgpack"), params)
+    full = dict(card, kind=kind, default=default, sha256=digest)
+    with open(os.path.join(tmp, "card.json"), "w") as f:
+        json.dump(full, f, indent=2, sort_keys=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return full
