@@ -1,3 +1,0 @@
-from pxd.cli import main
-
-main()

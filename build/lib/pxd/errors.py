@@ -1,5 +1,0 @@
-"""User-facing errors: the CLI prints them as one line and exits 2."""
-
-
-class PxdError(Exception):
-    """Bad input or configuration that the user can fix; never a bug."""
