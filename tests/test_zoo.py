@@ -27,6 +27,12 @@ def exported(tmp_path_factory):
     return run, str(d / "zoo" / "pcnn-test"), card
 
 
+def test_card_of_a_run_dir_is_empty(exported):
+    run, entry, card = exported
+    assert zoo.card_of(run) == {}
+    assert zoo.card_of(entry) == card
+
+
 def test_export_round_trip(exported):
     run, entry, card = exported
     _, p_run, _, _ = load_density(run)
@@ -80,6 +86,7 @@ def test_shipped_models_load_by_name_with_one_default_per_kind_and_shape():
     defaults = {}
     for e in zoo.entries():
         assert zoo.resolve(e["name"]) == e["path"]
+        assert zoo.card_of(e["path"])["sha256"] == e["sha256"]
         loader = load_density if e["kind"] == "density" else load_classifier
         cfg = loader(e["name"])[2]
         assert cfg.dataset == e["dataset"]

@@ -159,9 +159,14 @@ def write_meta(run_dir: str, meta: dict) -> None:
     _write_text(os.path.join(run_dir, "meta.json"), json.dumps(meta, indent=2, sort_keys=True))
 
 
-def read_meta(run_dir: str) -> dict:
-    p = os.path.join(run_dir, "meta.json")
+def read_json(run_dir: str, name: str) -> dict:
+    """run_dir/name parsed, or {} when absent (meta.json of a run, card.json of a zoo entry)."""
+    p = os.path.join(run_dir, name)
     if not os.path.exists(p):
         return {}
     with open(p) as f:
         return json.load(f)
+
+
+def read_meta(run_dir: str) -> dict:
+    return read_json(run_dir, "meta.json")

@@ -31,11 +31,9 @@ def entries(zoo_dir: str = ZOO_DIR) -> list[dict]:
 
 def card_of(path: str) -> dict:
     """The model card of a zoo entry directory; {} for a plain run directory."""
-    p = os.path.join(path, "card.json")
-    if not os.path.isfile(p):
-        return {}
-    with open(p) as f:
-        return json.load(f)
+    from pxd import checkpoint
+
+    return checkpoint.read_json(path, "card.json")
 
 
 def resolve(path: str) -> str:
