@@ -99,3 +99,14 @@ def test_shipped_models_load_by_name_with_one_default_per_kind_and_shape():
     assert zoo.resolve("no-such-model") == "no-such-model"
     with pytest.raises(PxdError, match="not found"):
         load_density("no-such-model")
+
+
+def test_exported_step_is_the_best_evaluation_or_the_last_step(tmp_path):
+    from pxd.commands.zoo import exported_step
+
+    evals = [{"step": 1000, "test_bpd": 4.0}, {"step": 2000, "test_bpd": 3.7},
+             {"step": 3000, "test_bpd": 3.7}, {"step": 4000, "test_bpd": 3.9}]
+    assert exported_step(str(tmp_path), {"evals": evals}) == 2000
+    clf = {"evals": [{"step": 1000, "eval_acc": 0.5}], "step": 1500}
+    assert exported_step(str(tmp_path), clf) == 1500
+    assert exported_step(str(tmp_path), {}) is None  # no checkpoint either

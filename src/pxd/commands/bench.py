@@ -383,17 +383,17 @@ def _load_classifiers(paths: list[str | None], dataset: str | None):
     from pxd.data import DATASETS
     from pxd.store import params_digest
 
+    ds = dataset or "cifar10"
     if "all" in paths:  # every shipped classifier for the dataset, default first
-        shipped = [e for e in zoo.entries() if e["kind"] == "classifier"
-                   and e["dataset"] == (dataset or "cifar10")]
+        shipped = [e for e in zoo.entries() if e["kind"] == "classifier" and e["dataset"] == ds]
         shipped.sort(key=lambda e: not e.get("default"))
         paths = [q for p in paths for q in ([e["path"] for e in shipped] if p == "all" else [p])]
         if not paths:
-            raise PxdError(f"no classifiers shipped for {dataset or 'cifar10'}")
+            raise PxdError(f"no classifiers shipped for {ds}")
     out = []
     for p in paths:
         if p is None:
-            p = zoo.default_path("classifier", DATASETS[dataset or "cifar10"].shape)
+            p = zoo.default_path("classifier", DATASETS[ds].shape)
         model, variables, cfg, meta = load_classifier(p)
         out.append(dict(
             path=p, cfg=cfg, meta=meta, digest=params_digest(variables),

@@ -52,15 +52,14 @@ def run_train_density(
     bpd_fn = make_bpd_fn(model)
     meta = checkpoint.read_meta(out) if resume else {}
     best = meta.get("best_test_bpd", math.inf)
-    best_step = meta.get("best_step")
     t0 = time.perf_counter()
     wall0 = meta.get("wall_s", 0.0)
 
     def eval_fn(state):
-        nonlocal best, best_step
+        nonlocal best
         bpd = float(np.mean(evaluate_bpd(bpd_fn, state.ema, x_test)))
         if bpd < best:
-            best, best_step = bpd, int(state.step)
+            best = bpd
             checkpoint.save_params(os.path.join(out, "best"), jax.device_get(state.ema))
         return {"test_bpd": bpd}
 
@@ -81,8 +80,7 @@ def run_train_density(
         def write_meta():
             checkpoint.write_meta(out, {
                 "kind": "density", "dataset": cfg.dataset, "preset": cfg.preset,
-                "best_test_bpd": best, "best_step": best_step, "evals": evals,
-                "params": nparams,
+                "best_test_bpd": best, "evals": evals, "params": nparams,
                 "wall_s": wall0 + time.perf_counter() - t0, "machine": machine(),
                 "eval_n": cfg.eval_n,
             })
@@ -96,7 +94,6 @@ def run_train_density(
     ema = jax.device_get(state.ema)
     if not os.path.isdir(os.path.join(out, "best")):
         checkpoint.save_params(os.path.join(out, "best"), ema)
-        best_step = int(state.step)
     write_meta()
     result = {"out": out, "step": int(state.step), "best_test_bpd": best,
               "digest": params_digest(ema)}

@@ -35,6 +35,15 @@ def _kind(run_dir: str) -> str:
         return "classifier" if "arch" in json.load(f) else "density"
 
 
+def exported_step(run_dir: str, meta: dict) -> int | None:
+    """The step of the parameters an export copies: a density run's best/ holds its best
+    evaluation (which may predate the last checkpoint), a classifier's its last step."""
+    evals = [e for e in meta.get("evals", []) if "test_bpd" in e]
+    if evals:
+        return min(evals, key=lambda e: e["test_bpd"])["step"]  # first of equals, as saved
+    return meta.get("step") or checkpoint.latest_step(run_dir)
+
+
 def run_zoo_export(run_dir: str, name: str, *, default: bool, command: str,
                    data_dir: str | None, rep: Reporter, zoo_dir: str = zoo.ZOO_DIR) -> dict:
     """Measure a run on its full test split and copy its inference parameters into the zoo."""
@@ -42,9 +51,7 @@ def run_zoo_export(run_dir: str, name: str, *, default: bool, command: str,
         raise PxdError(f"{run_dir} is not a pxd run directory")
     kind = _kind(run_dir)
     meta = checkpoint.read_meta(run_dir)
-    # the step whose parameters are exported (best/ may predate the last checkpoint)
-    steps = meta.get("best_step", meta.get("step")) or checkpoint.latest_step(run_dir)
-    card = {"steps": steps, "wall_s": meta.get("wall_s"),
+    card = {"steps": exported_step(run_dir, meta), "wall_s": meta.get("wall_s"),
             "machine": meta.get("machine"), "train_command": command,
             "measured": time.strftime("%Y-%m-%d"), "measured_on": machine()}
     if kind == "density":
