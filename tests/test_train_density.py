@@ -116,3 +116,61 @@ def test_shard_batch_pads_and_map_batches_trims():
     out = devices.map_batches(jax.jit(lambda a: a * 2), (x,), batch_size=4)
     np.testing.assert_array_equal(out, x * 2)
     assert jnp.asarray(out).shape == (7, 3)
+
+
+def test_cosine_schedule_warms_up_and_ends_at_zero():
+    from pxd.training import lr_schedule
+
+    s = lr_schedule(1e-3, schedule="cosine", warmup=10, steps=110)
+    assert float(s(0)) == 0.0
+    assert float(s(5)) == pytest.approx(5e-4)
+    assert float(s(10)) == pytest.approx(1e-3)
+    assert float(s(60)) == pytest.approx(5e-4, rel=1e-5)  # half-way down the cosine
+    assert float(s(110)) == 0.0
+    e = lr_schedule(1e-3, schedule="exponential", lr_decay=0.5)
+    assert float(e(3)) == pytest.approx(1.25e-4)
+    with pytest.raises(ValueError):
+        lr_schedule(1e-3, schedule="cosine", warmup=10, steps=10)
+
+
+def test_cosine_budget_must_exceed_warmup(tmp_path, cifar):
+    with pytest.raises(PxdError, match="warm-up"):
+        _cfg(schedule="cosine", warmup=20, steps=10)
+    cfg = replace(_cfg(schedule="cosine", warmup=2), warmup=20, steps=10)  # as --steps does
+    with pytest.raises(PxdError, match="warm-up"):
+        run_train_density(cfg, str(tmp_path / "r"), data_dir=cifar)
+
+
+def test_init_from_starts_at_the_source_and_resumes_exactly(tmp_path, cifar):
+    src = str(tmp_path / "src")
+    run_train_density(_cfg(steps=8, ckpt_every=8), src, data_dir=cifar)
+    _, p_src, _, _ = load_density(src)
+    cfg = _cfg(init_from=src, schedule="cosine", warmup=2, steps=10, ckpt_every=5)
+    from pxd.commands.density import initial_params
+
+    model = build_model(cfg.model, 3)
+    p0 = initial_params(cfg, model, (32, 32, 3), key=jax.random.key(9))
+    assert params_digest(p0) == params_digest(p_src)  # the key is not used
+    a = run_train_density(cfg, str(tmp_path / "a"), data_dir=cifar)
+    b_dir = str(tmp_path / "b")
+    run_train_density(cfg, b_dir, data_dir=cifar, stop_after=5)
+    b = run_train_density(cfg, b_dir, data_dir=cifar, resume=True)
+    assert a["digest"] == b["digest"]  # bit for bit, fine-tune and cosine included
+    assert a["digest"] != params_digest(p_src)
+
+
+def test_init_from_refuses_another_architecture(tmp_path, cifar):
+    src = str(tmp_path / "src")
+    run_train_density(_cfg(steps=2, ckpt_every=2), src, data_dir=cifar)
+    cfg = _cfg(init_from=src, model=dict(_cfg().model, nr_filters=16))
+    with pytest.raises(PxdError, match="same --dataset and --preset"):
+        run_train_density(cfg, str(tmp_path / "r"), data_dir=cifar)
+
+
+def test_hours_budget_sets_steps_from_measured_speed(tmp_path, cifar):
+    with pytest.raises(PxdError, match="--hours"):
+        run_train_density(_cfg(), str(tmp_path / "x"), hours=1.0, resume=True, data_dir=cifar)
+    out = str(tmp_path / "r")
+    r = run_train_density(_cfg(schedule="cosine", warmup=0), out, hours=2e-4, data_dir=cifar)
+    saved = checkpoint.read_json(out, "config.json")
+    assert saved["steps"] == r["step"] >= 1  # 0.72 s of budget

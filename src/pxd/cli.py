@@ -145,6 +145,13 @@ def train_density(
     preset: Annotated[str, typer.Option(help="smoke, cpu or paper.")] = "cpu",
     epochs: Annotated[float | None, typer.Option(help="Train this many epochs.")] = None,
     steps: Annotated[int | None, typer.Option(help="Train this many steps.")] = None,
+    hours: Annotated[float | None, typer.Option(
+        help="Budget in hours: steps from this machine's measured speed.")] = None,
+    schedule: Annotated[str | None, typer.Option(
+        help="Learning rate: cosine (to 0 at the budget) or exponential.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    init_from: Annotated[str | None, typer.Option(
+        help="Start from this shipped model or run dir (fine-tune, same preset).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Global batch size.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     data_dir: DataDir = None,
@@ -162,9 +169,10 @@ def train_density(
 
     if dataset not in DATASETS:
         raise PxdError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
-    if epochs is not None and steps is not None:
-        raise PxdError("give --epochs or --steps, not both")
-    cfg = density_config(dataset, preset, batch_size=batch_size, seed=seed)
+    if sum(v is not None for v in (epochs, steps, hours)) > 1:
+        raise PxdError("give one budget: --epochs, --steps or --hours")
+    cfg = density_config(dataset, preset, batch_size=batch_size, seed=seed, lr=lr,
+                         schedule=schedule, init_from=init_from)
     if epochs is not None:
         if epochs <= 0:
             raise PxdError("--epochs must be positive")
@@ -176,7 +184,8 @@ def train_density(
         from pxd.config import replace
 
         cfg = replace(cfg, steps=steps)
-    run_train_density(cfg, out, resume=resume, data_dir=data_dir, rep=rep)
+    run_train_density(cfg, out, resume=resume, hours=hours, keep_steps=steps is None,
+                      data_dir=data_dir, rep=rep)
 
 
 # --- classifiers and attacks (train-clf, attack) ---

@@ -14,12 +14,13 @@ from pxd.errors import PxdError
 from pxd.likelihood import bits_per_dim
 from pxd.models.pixelcnn import PIXELCNN_PRESETS, PixelCNN
 
-# Per-preset optimisation settings; `model` comes from PIXELCNN_PRESETS.
+# Per-preset optimisation settings; `model` comes from PIXELCNN_PRESETS. The `cpu` preset
+# spends a fixed budget: warm-up, then a cosine to 0 at `steps` (docs/BENCHMARKS.md).
 TRAIN_PRESETS: dict[str, dict] = {
     "smoke": dict(batch_size=16, lr=2e-3, lr_decay=1.0, ema=0.0, steps=30, eval_every=0,
                   eval_n=64, ckpt_every=10),
-    "cpu": dict(batch_size=32, lr=2e-3, lr_decay=0.99999, ema=0.999, steps=20000,
-                eval_every=1000, eval_n=1000, ckpt_every=250),
+    "cpu": dict(batch_size=32, lr=2e-3, schedule="cosine", warmup=200, ema=0.999,
+                steps=20000, eval_every=1000, eval_n=1000, ckpt_every=250),
     "paper": dict(batch_size=64, lr=1e-3, lr_decay=0.999995, ema=0.9995, steps=600000,
                   eval_every=5000, eval_n=10000, ckpt_every=2000),
 }
@@ -27,14 +28,18 @@ TRAIN_PRESETS: dict[str, dict] = {
 
 @dataclass(frozen=True)
 class DensityConfig:
-    """`pxd train-density`. `steps` counts optimiser steps of `batch_size` images."""
+    """`pxd train-density`. `steps` counts optimiser steps of `batch_size` images; it is
+    also the budget the cosine schedule decays over. `init_from` names the model whose
+    inference parameters the run starts from (a fine-tune; fresh optimiser state)."""
 
     dataset: str = "cifar10"
     preset: str = "cpu"
     model: dict = field(default_factory=dict)
     batch_size: int = 32
     lr: float = 2e-3
-    lr_decay: float = 0.99999
+    schedule: str = "exponential"  # or "cosine" (training.lr_schedule)
+    lr_decay: float = 0.99999  # exponential only
+    warmup: int = 0  # cosine only
     ema: float = 0.999
     steps: int = 20000
     eval_every: int = 1000
@@ -43,6 +48,7 @@ class DensityConfig:
     seed: int = 0
     train_split: str = "train"
     test_split: str = "test"
+    init_from: str | None = None
 
 
 def density_config(dataset: str, preset: str, **overrides) -> DensityConfig:
@@ -54,7 +60,19 @@ def density_config(dataset: str, preset: str, **overrides) -> DensityConfig:
     data.update({k: v for k, v in overrides.items() if v is not None})
     from pxd.config import from_dict
 
-    return from_dict(DensityConfig, data)
+    cfg = from_dict(DensityConfig, data)
+    if cfg.schedule not in ("exponential", "cosine"):
+        raise PxdError(f"unknown schedule '{cfg.schedule}' (choose from exponential, cosine)")
+    if cfg.schedule == "cosine" and cfg.steps <= cfg.warmup:
+        raise PxdError(f"--steps ({cfg.steps}) must exceed the warm-up ({cfg.warmup} steps)")
+    return cfg
+
+
+def make_density_optimizer(cfg: DensityConfig):
+    from pxd.training import lr_schedule, make_optimizer
+
+    return make_optimizer(lr_schedule(cfg.lr, schedule=cfg.schedule, lr_decay=cfg.lr_decay,
+                                      warmup=cfg.warmup, steps=cfg.steps))
 
 
 def build_model(model_cfg: dict, channels: int) -> PixelCNN:

@@ -68,9 +68,29 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, ema_decay
     return call
 
 
-def make_optimizer(lr: float, lr_decay: float, grad_clip: float | None = None):
-    """Adam with exponential decay per step (PixelCNN++'s schedule)."""
-    sched = optax.exponential_decay(lr, transition_steps=1, decay_rate=lr_decay)
+def lr_schedule(lr: float, *, schedule: str = "exponential", lr_decay: float = 1.0,
+                warmup: int = 0, steps: int = 0) -> optax.Schedule:
+    """Learning rate per step.
+
+    "exponential": lr * lr_decay**step (PixelCNN++'s, made for 1000+ epochs).
+    "cosine": linear warm-up over `warmup` steps, then a half cosine to 0 at `steps`, so a
+    fixed budget ends with a small learning rate.
+    """
+    if schedule == "exponential":
+        return optax.exponential_decay(lr, transition_steps=1, decay_rate=lr_decay)
+    if schedule == "cosine":
+        if steps <= warmup:
+            raise ValueError(f"cosine schedule needs steps ({steps}) > warmup ({warmup})")
+        return optax.warmup_cosine_decay_schedule(
+            0.0 if warmup else lr, lr, max(warmup, 1), steps, end_value=0.0)
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def make_optimizer(lr: float | optax.Schedule, lr_decay: float = 1.0,
+                   grad_clip: float | None = None):
+    """Adam; a float `lr` decays exponentially per step (PixelCNN++'s schedule)."""
+    sched = lr if callable(lr) else optax.exponential_decay(
+        lr, transition_steps=1, decay_rate=lr_decay)
     parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip else []
     return optax.chain(*parts, optax.adam(sched))
 

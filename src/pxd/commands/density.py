@@ -10,10 +10,18 @@ import jax
 import numpy as np
 
 from pxd import checkpoint, config, data, devices
-from pxd.density import DensityConfig, build_model, init_params, make_bpd_fn, make_loss_fn
+from pxd.density import (
+    DensityConfig,
+    build_model,
+    init_params,
+    make_bpd_fn,
+    make_density_optimizer,
+    make_loss_fn,
+)
+from pxd.errors import PxdError
 from pxd.report import Reporter
 from pxd.store import machine, params_digest
-from pxd.training import init_state, make_optimizer, make_train_step, train_loop
+from pxd.training import init_state, make_train_step, train_loop
 
 
 def evaluate_bpd(bpd_fn, params, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -21,25 +29,81 @@ def evaluate_bpd(bpd_fn, params, x: np.ndarray, batch_size: int = 64) -> np.ndar
     return devices.map_batches(lambda xb: bpd_fn(params, xb), (x,), batch_size)
 
 
+def initial_params(cfg: DensityConfig, model, shape, *, key: jax.Array):
+    """Fresh parameters, or those of `cfg.init_from` (a shipped model name or run dir),
+    which must have the same architecture and dataset."""
+    params = init_params(model, shape, key=key)
+    if cfg.init_from is None:
+        return params
+    from pxd.store import load_density
+
+    _, src, src_cfg, _ = load_density(cfg.init_from)
+    if src_cfg.dataset != cfg.dataset or dict(src_cfg.model) != dict(cfg.model):
+        raise PxdError(
+            f"--init-from {cfg.init_from}: it is a {src_cfg.dataset} PixelCNN with "
+            f"{src_cfg.model}, this run is {cfg.dataset} with {cfg.model}; pick the same "
+            "--dataset and --preset")
+    want = jax.tree_util.tree_map(lambda a: (a.shape, str(a.dtype)), params)
+    got = jax.tree_util.tree_map(lambda a: (a.shape, str(a.dtype)), src)
+    if want != got:
+        raise PxdError(f"--init-from {cfg.init_from}: parameters do not fit this architecture")
+    return jax.tree_util.tree_map(jax.numpy.asarray, src)
+
+
+def budget_steps(hours: float, step_fn, state, batch: dict, *, key: jax.Array,
+                 n: int = 10) -> tuple[int, float]:
+    """Steps that fit in `hours`, from timing `n` steps (after one compile step) on a copy
+    of the state; returns (steps, seconds per step)."""
+    state = jax.tree_util.tree_map(jax.numpy.array, state)
+    state, m = step_fn(state, batch, key=key)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        state, m = step_fn(state, batch, key=key)
+        jax.block_until_ready(m)
+    sec = (time.perf_counter() - t0) / n
+    return max(1, int(hours * 3600 / sec)), sec
+
+
 def run_train_density(
     cfg: DensityConfig,
     out: str,
     *,
     resume: bool = False,
+    hours: float | None = None,
+    keep_steps: bool = False,
     data_dir: str | None = None,
     rep: Reporter | None = None,
     stop_after: int | None = None,
 ) -> dict:
+    """Train (or resume) a density run in `out`. `hours` sets `steps` for a new run from
+    the measured speed of this machine, so the cosine schedule ends on the budget;
+    `keep_steps` resumes with the run's saved `steps` instead of `cfg.steps`."""
     rep = rep or Reporter(quiet=True)
+    if hours is not None and resume:
+        raise PxdError("--hours sets the budget of a new run; --resume keeps the run's steps")
+    if hours is not None and hours <= 0:
+        raise PxdError("--hours must be positive")
+    if resume and keep_steps and os.path.exists(os.path.join(out, "config.json")):
+        saved = config.load_json(DensityConfig, os.path.join(out, "config.json"))
+        cfg = config.replace(cfg, steps=saved.steps)
     checkpoint.check_run_dir(out, cfg, resume=resume)
+    if cfg.schedule == "cosine" and cfg.steps <= cfg.warmup:
+        raise PxdError(f"--steps ({cfg.steps}) must exceed the warm-up ({cfg.warmup} steps)")
 
     x_train, _ = data.load(f"{cfg.dataset}:{cfg.train_split}", data_dir)
     x_test, _ = data.load(f"{cfg.dataset}:{cfg.test_split}[:{cfg.eval_n}]", data_dir)
-    checkpoint.write_config(out, cfg)
     model = build_model(cfg.model, x_train.shape[-1])
     key = jax.random.key(cfg.seed)
-    params = init_params(model, x_train.shape[1:], key=jax.random.fold_in(key, 0))
-    tx = make_optimizer(cfg.lr, cfg.lr_decay)
+    params = initial_params(cfg, model, x_train.shape[1:], key=jax.random.fold_in(key, 0))
+    if hours is not None:
+        probe = make_train_step(make_loss_fn(model), make_density_optimizer(cfg), cfg.ema)
+        steps, sec = budget_steps(hours, probe, init_state(params, {}, make_density_optimizer(
+            cfg)), {"x": x_train[: cfg.batch_size]}, key=key)
+        rep.info(f"budget {hours:g} h at {sec:.3f} s/step on this machine: {steps} steps")
+        cfg = config.replace(cfg, steps=steps)
+    checkpoint.write_config(out, cfg)
+    tx = make_density_optimizer(cfg)
     state = init_state(params, {}, tx)
     if resume:
         _, state = checkpoint.restore_state(out, jax.device_get(state))
