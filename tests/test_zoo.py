@@ -110,3 +110,41 @@ def test_exported_step_is_the_best_evaluation_or_the_last_step(tmp_path):
     clf = {"evals": [{"step": 1000, "eval_acc": 0.5}], "step": 1500}
     assert exported_step(str(tmp_path), clf) == 1500
     assert exported_step(str(tmp_path), {}) is None  # no checkpoint either
+
+
+def test_resume_from_a_zoo_entry_equals_the_uninterrupted_run(tmp_path):
+    """A run exported half-way with its training state, then continued from the zoo entry
+    alone (the run directory deleted), ends bit for bit where the unbroken run ends."""
+    import shutil
+
+    from test_data import cifar_dir
+
+    from pxd.commands.zoo import run_zoo_export
+    from pxd.report import Reporter
+
+    data_dir = cifar_dir()
+    cfg = density_config("cifar10", "smoke", steps=8, ckpt_every=4, eval_n=16, batch_size=8,
+                         ema=0.9, schedule="cosine", warmup=2)
+    a = run_train_density(cfg, str(tmp_path / "a"), data_dir=data_dir)
+    half = str(tmp_path / "half")
+    run_train_density(cfg, half, data_dir=data_dir, stop_after=4)
+    zdir = str(tmp_path / "zoo")
+    card = run_zoo_export(half, "pcnn-half", default=False, command="test", data_dir=data_dir,
+                          rep=Reporter(quiet=True), zoo_dir=zdir, with_state=True)
+    assert card["state_step"] == 4 and card["state_sha256"]
+    shutil.rmtree(half)
+    entry = os.path.join(zdir, "pcnn-half")
+    c = run_train_density(cfg, str(tmp_path / "c"), resume_from=entry, keep_steps=True,
+                          data_dir=data_dir)
+    assert c["step"] == 8 and c["digest"] == a["digest"]
+    with pytest.raises(PxdError, match="already holds a run"):
+        run_train_density(cfg, str(tmp_path / "c"), resume_from=entry, data_dir=data_dir)
+    with pytest.raises(PxdError, match="no training state"):
+        run_train_density(cfg, str(tmp_path / "d"), resume_from="pixelcnn-fm-cpu",
+                          data_dir=data_dir)
+    # a tampered state is refused by its checksum
+    with open(os.path.join(entry, "train_state.msgpack"), "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01")
+    with pytest.raises(PxdError, match="checksum"):
+        run_train_density(cfg, str(tmp_path / "e"), resume_from=entry, data_dir=data_dir)

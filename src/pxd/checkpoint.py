@@ -122,8 +122,25 @@ def _write_bytes(path: str, blob: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _load_msgpack(path: str) -> Any:
-    """A zoo file; its sha256 must match the `sha256` of card.json beside it."""
+def save_state_msgpack(path: str, state: Any) -> str:
+    """A full training state (a NamedTuple of pytrees) as one msgpack file; its sha256."""
+    from flax import serialization
+
+    return save_msgpack(path, serialization.to_state_dict(jax.device_get(state)))
+
+
+def load_state_msgpack(path: str, target: Any, card_key: str = "state_sha256") -> Any:
+    """The training state saved by `save_state_msgpack`, shaped like `target`."""
+    from flax import serialization
+
+    try:
+        return serialization.from_state_dict(target, _load_msgpack(path, card_key))
+    except (KeyError, ValueError, TypeError) as e:
+        raise PxdError(f"{path} does not hold a training state of this model: {e}") from None
+
+
+def _load_msgpack(path: str, card_key: str = "sha256") -> Any:
+    """A zoo file; its sha256 must match `card_key` of card.json beside it."""
     import hashlib
 
     from flax import serialization
@@ -133,7 +150,7 @@ def _load_msgpack(path: str) -> Any:
     card = os.path.join(os.path.dirname(path), "card.json")
     if os.path.exists(card):
         with open(card) as f:
-            want = json.load(f).get("sha256")
+            want = json.load(f).get(card_key)
         got = hashlib.sha256(blob).hexdigest()
         if want != got:
             raise PxdError(f"checksum mismatch for {path}: card says {want}, file is {got}")

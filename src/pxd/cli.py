@@ -121,6 +121,8 @@ def zoo_cmd(
     name: Annotated[str | None, typer.Option(help="Zoo name for --export.")] = None,
     default: Annotated[bool, typer.Option(help="Make the exported model the default.")] = False,
     train_command: Annotated[str, typer.Option(help="How the run was trained (card).")] = "",
+    with_state: Annotated[bool, typer.Option(
+        help="Also keep the run's training state (train-density --resume-from).")] = False,
     data_dir: DataDir = None,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -133,7 +135,7 @@ def zoo_cmd(
         if not name:
             raise PxdError("--export needs --name")
         run_zoo_export(export, name, default=default, command=train_command,
-                       data_dir=data_dir, rep=rep)
+                       data_dir=data_dir, rep=rep, with_state=with_state)
         return
     run_zoo_list(rep)
 
@@ -152,6 +154,9 @@ def train_density(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     init_from: Annotated[str | None, typer.Option(
         help="Start from this shipped model or run dir (fine-tune, same preset).")] = None,
+    resume_from: Annotated[str | None, typer.Option(
+        help="Continue a shipped model's own run (its saved training state) in --out.")]
+    = None,
     batch_size: Annotated[int | None, typer.Option(help="Global batch size.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     data_dir: DataDir = None,
@@ -185,7 +190,7 @@ def train_density(
 
         cfg = replace(cfg, steps=steps)
     run_train_density(cfg, out, resume=resume, hours=hours, keep_steps=steps is None,
-                      data_dir=data_dir, rep=rep)
+                      resume_from=resume_from, data_dir=data_dir, rep=rep)
 
 
 # --- classifiers and attacks (train-clf, attack) ---

@@ -69,8 +69,11 @@ def default_path(kind: str, shape: tuple[int, ...], training: str | None = None,
 
 
 def export(run_dir: str, name: str, *, kind: str, default: bool, card: dict,
-           zoo_dir: str = ZOO_DIR) -> dict:
-    """Copy a run's inference parameters and config into the zoo with a model card."""
+           zoo_dir: str = ZOO_DIR, state=None) -> dict:
+    """Copy a run's inference parameters and config into the zoo with a model card.
+
+    `state`, the run's full training state, is kept as train_state.msgpack so that
+    `pxd train-density --resume-from NAME` can continue the run without its directory."""
     from pxd import checkpoint
     from pxd.store import run_params_path
 
@@ -86,6 +89,10 @@ def export(run_dir: str, name: str, *, kind: str, default: bool, card: dict,
         json.dump(meta, f, indent=2, sort_keys=True)
     digest = checkpoint.save_msgpack(os.path.join(tmp, "params.msgpack"), params)
     full = dict(card, kind=kind, default=default, sha256=digest)
+    if state is not None:
+        full["state_sha256"] = checkpoint.save_state_msgpack(
+            os.path.join(tmp, "train_state.msgpack"), state)
+        full["state_step"] = int(state.step)
     with open(os.path.join(tmp, "card.json"), "w") as f:
         json.dump(full, f, indent=2, sort_keys=True)
     shutil.rmtree(dest, ignore_errors=True)

@@ -50,6 +50,42 @@ def initial_params(cfg: DensityConfig, model, shape, *, key: jax.Array):
     return jax.tree_util.tree_map(jax.numpy.asarray, src)
 
 
+def template_state(cfg: DensityConfig):
+    """A training state of the right structure for `cfg` (to restore checkpoints into)."""
+    from pxd.data import DATASETS
+
+    shape = DATASETS[cfg.dataset].shape
+    model = build_model(cfg.model, shape[-1])
+    params = init_params(model, shape, key=jax.random.key(0))
+    return jax.device_get(init_state(params, {}, make_density_optimizer(cfg)))
+
+
+def seed_from_zoo(name: str, out: str, steps: int | None) -> DensityConfig:
+    """Make `out` a run directory holding a shipped model's training state, ready for
+    --resume: its config (steps replaced when given), checkpoint and metrics."""
+    from pxd import zoo
+
+    src = zoo.resolve(name)
+    state_path = os.path.join(src, "train_state.msgpack")
+    if not os.path.isfile(state_path):
+        raise PxdError(f"{name} keeps no training state to resume (train_state.msgpack); "
+                       "use --init-from to fine-tune from its parameters")
+    if os.path.exists(os.path.join(out, "config.json")):
+        raise PxdError(f"{out} already holds a run; give a new --out for --resume-from")
+    cfg = config.load_json(DensityConfig, os.path.join(src, "config.json"))
+    if steps is not None:
+        cfg = config.replace(cfg, steps=steps)
+    state = checkpoint.load_state_msgpack(state_path, template_state(cfg))
+    if int(state.step) >= cfg.steps:
+        raise PxdError(f"{name} was saved at step {int(state.step)}; give --steps above it")
+    checkpoint.save_state(out, int(state.step), state)
+    meta = checkpoint.read_meta(src)
+    meta.pop("best_test_bpd", None)  # measured on another slice; the run re-evaluates
+    checkpoint.write_meta(out, dict(meta, resumed_from=name))
+    checkpoint.write_config(out, cfg)
+    return cfg
+
+
 def budget_steps(hours: float, step_fn, state, batch: dict, *, key: jax.Array,
                  n: int = 10) -> tuple[int, float]:
     """Steps that fit in `hours`, from timing `n` steps (after one compile step) on a copy
@@ -72,14 +108,21 @@ def run_train_density(
     resume: bool = False,
     hours: float | None = None,
     keep_steps: bool = False,
+    resume_from: str | None = None,
     data_dir: str | None = None,
     rep: Reporter | None = None,
     stop_after: int | None = None,
 ) -> dict:
     """Train (or resume) a density run in `out`. `hours` sets `steps` for a new run from
     the measured speed of this machine, so the cosine schedule ends on the budget;
-    `keep_steps` resumes with the run's saved `steps` instead of `cfg.steps`."""
+    `keep_steps` resumes with the run's saved `steps` instead of `cfg.steps`;
+    `resume_from` continues a shipped model's run (its config and state) in `out`."""
     rep = rep or Reporter(quiet=True)
+    if resume_from is not None:
+        if resume or hours is not None:
+            raise PxdError("--resume-from starts from the shipped state; drop --resume/--hours")
+        cfg = seed_from_zoo(resume_from, out, None if keep_steps else cfg.steps)
+        resume, keep_steps = True, True
     if hours is not None and resume:
         raise PxdError("--hours sets the budget of a new run; --resume keeps the run's steps")
     if hours is not None and hours <= 0:

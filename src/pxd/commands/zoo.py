@@ -45,8 +45,10 @@ def exported_step(run_dir: str, meta: dict) -> int | None:
 
 
 def run_zoo_export(run_dir: str, name: str, *, default: bool, command: str,
-                   data_dir: str | None, rep: Reporter, zoo_dir: str = zoo.ZOO_DIR) -> dict:
-    """Measure a run on its full test split and copy its inference parameters into the zoo."""
+                   data_dir: str | None, rep: Reporter, zoo_dir: str = zoo.ZOO_DIR,
+                   with_state: bool = False) -> dict:
+    """Measure a run on its full test split and copy its inference parameters into the zoo;
+    `with_state` also keeps its latest training state (density runs) for --resume-from."""
     if not os.path.exists(os.path.join(run_dir, "config.json")):
         raise PxdError(f"{run_dir} is not a pxd run directory")
     kind = _kind(run_dir)
@@ -73,6 +75,14 @@ def run_zoo_export(run_dir: str, name: str, *, default: bool, command: str,
         card.update(dataset=cfg.dataset, preset=cfg.preset, arch=cfg.arch,
                     training=cfg.training, test_acc=acc, n_test=len(x),
                     what=f"{cfg.arch} {cfg.training} ({cfg.preset})")
-    full = zoo.export(run_dir, name, kind=kind, default=default, card=card, zoo_dir=zoo_dir)
+    state = None
+    if with_state:
+        if kind != "density":
+            raise PxdError("--with-state is for density runs")
+        from pxd.commands.density import template_state
+
+        _, state = checkpoint.restore_state(run_dir, template_state(cfg))
+    full = zoo.export(run_dir, name, kind=kind, default=default, card=card, zoo_dir=zoo_dir,
+                      state=state)
     rep.info(f"exported {run_dir} -> zoo/{name}: {json.dumps(card)}")
     return full
