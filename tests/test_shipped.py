@@ -1,0 +1,56 @@
+"""Regression pins on the shipped default models: a change that still loads but alters
+normalisation, the head layout or the parameters moves these figures.
+
+When a model is re-exported on purpose, update its PIN (sha256 prefix and figure) in the
+same commit, with the figures from `pxd zoo --export`.
+"""
+
+import numpy as np
+import pytest
+
+from pxd import zoo
+
+# name -> (sha256 prefix of params.msgpack, figure, tolerance)
+DENSITY_PIN = ("pixelcnn-c10-cpu", "5ef3ee656cdd", 3.762009, 1e-3)  # bits/dim, test[:100]
+CLF_PIN = ("resnet-c10-normal", "300e6c56163f", 0.888, 0.0021)  # acc, test[:500]
+
+
+def _entry(name):
+    return {x["name"]: x for x in zoo.entries()}[name]
+
+
+def _check_pin(name, prefix):
+    sha = _entry(name)["sha256"]
+    if prefix is not None and not sha.startswith(prefix):
+        pytest.fail(f"{name} was re-exported (sha256 {sha[:12]}): update its pin in this file")
+
+
+def test_default_density_bits_per_dim_pinned():
+    from test_data import cifar_dir
+
+    from pxd import data
+    from pxd.density import make_bpd_fn
+    from pxd.store import load_density
+
+    name, prefix, want, tol = DENSITY_PIN
+    assert _entry(name)["default"]
+    _check_pin(name, prefix)
+    x, _ = data.load("cifar10:test[:100]", cifar_dir())
+    model, params, _, _ = load_density(name)
+    got = float(np.mean(np.asarray(make_bpd_fn(model)(params, x))))
+    assert got == pytest.approx(want, abs=tol)
+
+
+def test_default_classifier_accuracy_pinned():
+    from test_data import cifar_dir
+
+    from pxd import data
+    from pxd.classify import evaluate_accuracy, load_classifier, make_logits_fn
+
+    name, prefix, want, tol = CLF_PIN
+    assert _entry(name)["default"]
+    _check_pin(name, prefix)
+    x, y = data.load("cifar10:test[:500]", cifar_dir())
+    model, variables, _, _ = load_classifier(name)
+    f = make_logits_fn(model, variables["params"], variables.get("batch_stats", {}))
+    assert evaluate_accuracy(f, x, y) == pytest.approx(want, abs=tol)
