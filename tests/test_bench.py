@@ -238,7 +238,7 @@ def test_paper_table_transcribed():
 
 
 def test_clf_all_expands_to_the_shipped_classifiers():
-    from pxd import zoo
+    from pxd import shipped as zoo
 
     shipped = [e for e in zoo.entries() if e["kind"] == "classifier"
                and e["dataset"] == "cifar10"]

@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pxd.core.purify import make_purifier
 from pxd.density import build_model, make_bpd_fn
 from pxd.metrics import p_values, roc_auc, roc_curve
 from pxd.models.pixelcnn import PIXELCNN_PRESETS, PixelCNN
-from pxd.purify import make_purifier
 
 NEAR_TIE = 1e-4  # float rounding may flip an argmax between scores closer than this
 METHODS = ("reference", "pixels", "rows", "jacobi")

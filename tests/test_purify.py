@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pxd.core.purify import feature_squeeze, first_difference_gaps, make_purifier
 from pxd.density import build_model
 from pxd.models.pixelcnn import PIXELCNN_PRESETS
-from pxd.purify import feature_squeeze, first_difference_gaps, make_purifier
 
 NEAR_TIE = 1e-4
 

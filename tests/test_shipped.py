@@ -8,7 +8,7 @@ same commit, with the figures from `pxd zoo --export`.
 import numpy as np
 import pytest
 
-from pxd import zoo
+from pxd import shipped as zoo
 
 # name -> (sha256 prefix of params.msgpack, figure, tolerance)
 DENSITY_PIN = ("pixelcnn-c10-cpu", "5ef3ee656cdd", 3.762009, 1e-3)  # bits/dim, test[:100]

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from pxd import zoo
+from pxd import shipped as zoo
 from pxd.commands.density import run_train_density
 from pxd.density import density_config
 from pxd.errors import PxdError

@@ -1,3 +1,38 @@
-"""pxd: PixelDefend (Song et al., ICLR 2018) in JAX."""
+"""pxd: PixelDefend (Song et al., ICLR 2018) in JAX.
+
+The public API (documented in `pxd.api` and the README) is importable from here:
+`pxd.purify`, `pxd.bits_per_dim`, `pxd.attack`, `pxd.load_density`, `pxd.load_classifier`,
+`pxd.feature_squeeze`, `pxd.zoo`, `pxd.roc_auc`, `pxd.p_values`, `pxd.PxdError`. Names load
+lazily, so `import pxd` stays cheap and leaves JAX's device set-up to the caller.
+"""
+
+from pxd.errors import PxdError
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Classifier",
+    "Density",
+    "PxdError",
+    "attack",
+    "bits_per_dim",
+    "feature_squeeze",
+    "load_classifier",
+    "load_density",
+    "p_values",
+    "purify",
+    "roc_auc",
+    "zoo",
+]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from pxd import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'pxd' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -73,7 +73,7 @@ def identity_defence(x: jax.Array) -> jax.Array:
 
 def squeeze_defence(x: jax.Array) -> jax.Array:
     """Feature squeezing (Appendix C) on float32 integral images."""
-    from pxd.purify import feature_squeeze
+    from pxd.core.purify import feature_squeeze
 
     return feature_squeeze(jnp.round(x)).astype(jnp.float32)
 

@@ -40,11 +40,13 @@ def load_density(path: str):
     from pxd.config import load_json
     from pxd.data import DATASETS
     from pxd.density import DensityConfig, build_model
-    from pxd.zoo import resolve
+    from pxd.shipped import resolve
 
     path = resolve(path)
     if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
         raise PxdError(f"density checkpoint not found: {path} (a run dir of pxd train-density)")
+    if "arch" in checkpoint.read_json(path, "config.json"):
+        raise PxdError(f"{path} is a classifier, not a density model (pass it as --clf)")
     cfg = load_json(DensityConfig, os.path.join(path, "config.json"))
     shape = DATASETS[cfg.dataset].shape
     model = build_model(cfg.model, shape[-1])

@@ -367,7 +367,7 @@ def _seed_key(seed: int, *parts):
 def _density_info(dens: dict) -> dict:
     """Identity and test bits/dim of the density model: the zoo card's full-test-split
     figure when shipped, else the run's best periodic evaluation."""
-    from pxd import zoo
+    from pxd import shipped as zoo
 
     card = zoo.card_of(zoo.resolve(dens["path"]))
     bpd, bpd_n = card.get("test_bpd"), card.get("n_test")
@@ -378,7 +378,7 @@ def _density_info(dens: dict) -> dict:
 
 
 def _load_classifiers(paths: list[str | None], dataset: str | None):
-    from pxd import zoo
+    from pxd import shipped as zoo
     from pxd.classify import load_classifier, make_logits_fn
     from pxd.data import DATASETS
     from pxd.store import params_digest
@@ -443,9 +443,9 @@ def run_bench(
     from pxd.classify import predict
     from pxd.commands.density import evaluate_bpd
     from pxd.commands.purify import squeeze_array
+    from pxd.core.purify import make_purifier
     from pxd.data import DATASETS
     from pxd.density import make_bpd_fn
-    from pxd.purify import make_purifier
     from pxd.store import machine, params_digest
 
     rep = rep or Reporter(quiet=True)

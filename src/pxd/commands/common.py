@@ -22,7 +22,7 @@ def resolve_density(path: str | None, shape: tuple[int, ...]):
     from pxd.store import load_density
 
     if path is None:
-        from pxd import zoo
+        from pxd import shipped as zoo
 
         path = zoo.default_path("density", tuple(shape))
     model, params, cfg, meta = load_density(path)

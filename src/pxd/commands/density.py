@@ -63,7 +63,7 @@ def template_state(cfg: DensityConfig):
 def seed_from_zoo(name: str, out: str, steps: int | None) -> DensityConfig:
     """Make `out` a run directory holding a shipped model's training state, ready for
     --resume: its config (steps replaced when given), checkpoint and metrics."""
-    from pxd import zoo
+    from pxd import shipped as zoo
 
     src = zoo.resolve(name)
     state_path = os.path.join(src, "train_state.msgpack")

@@ -21,7 +21,7 @@ METHODS = ("pixeldefend", "feature-squeeze")
 def purify_array(model, params, x: np.ndarray, eps: np.ndarray, *, max_eps: int,
                  batch_size: int = 32, on_batch=None, method: str = "auto") -> np.ndarray:
     """Purify uint8 images with per-image eps (N,), sharded in batches."""
-    from pxd.purify import make_purifier
+    from pxd.core.purify import make_purifier
 
     if max_eps == 0 or not np.any(eps > 0):
         return x.copy()
@@ -31,7 +31,7 @@ def purify_array(model, params, x: np.ndarray, eps: np.ndarray, *, max_eps: int,
 
 
 def squeeze_array(x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    from pxd.purify import feature_squeeze_jit
+    from pxd.core.purify import feature_squeeze_jit
 
     return devices.map_batches(feature_squeeze_jit, (x,), batch_size)
 

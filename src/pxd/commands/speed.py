@@ -25,8 +25,8 @@ def _timed(fn, *args):
 
 def bench_purify(model, params, x: np.ndarray, *, eps: int, n_ref: int, batch: int,
                  rep: Reporter) -> dict:
+    from pxd.core.purify import first_difference_gaps, make_purifier
     from pxd.density import PixelCNN
-    from pxd.purify import first_difference_gaps, make_purifier
 
     m = devices.mesh()
     ndev = m.devices.size
@@ -160,7 +160,7 @@ def run_bench_speed(*, density: str | None, preset: str = "cpu", n_fast: int = 6
     rep = rep or Reporter(quiet=True)
     x, _ = data.load(f"cifar10:test[:{max(n_fast, n_ref)}]", data_dir)
     if density is None:
-        from pxd import zoo
+        from pxd import shipped as zoo
 
         try:
             density = zoo.default_path("density", (32, 32, 3))
@@ -187,7 +187,7 @@ def run_bench_speed(*, density: str | None, preset: str = "cpu", n_fast: int = 6
         xa, ya = data.load(f"cifar10:test[:{n_attack}]", data_dir)
         rep.info("attack speed: 1 device vs all devices")
         try:
-            from pxd import zoo
+            from pxd import shipped as zoo
 
             clf_path = zoo.default_path("classifier", (32, 32, 3))
             cm, cv, _, _ = load_classifier(clf_path)

@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 
-from pxd import checkpoint, data, zoo
+from pxd import checkpoint, data
+from pxd import shipped as zoo
 from pxd.errors import PxdError
 from pxd.report import Reporter
 from pxd.store import machine

@@ -1,0 +1,306 @@
+"""pxd's public Python API: PixelDefend as a preprocessing step in anyone's evaluation code.
+
+Everything here is re-exported at the package top level (`pxd.purify`, ...) and is the
+stable surface: internal modules may move, these names may not without a deprecation.
+
+Images are anything `np.asarray` turns into integers 0..255 of shape (N, H, W, C) with C 1
+or 3 (uint8 NHWC; a CPU PyTorch tensor works); outputs are numpy arrays. Every epsilon is
+on the 0..255 pixel scale, as in the paper. Models default to the shipped ones (`pxd.zoo()`)
+for the images' shape. Bad input raises `pxd.PxdError` with the CLI's one-line messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from pxd.errors import PxdError
+
+__all__ = [
+    "Classifier",
+    "Density",
+    "PxdError",
+    "attack",
+    "bits_per_dim",
+    "feature_squeeze",
+    "load_classifier",
+    "load_density",
+    "p_values",
+    "purify",
+    "roc_auc",
+    "zoo",
+]
+
+ATTACK_NAMES = ("rand", "fgsm", "bim", "pgd", "deepfool", "cw")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Density:
+    """A loaded PixelCNN: pass it as `density=` to skip loading on every call."""
+
+    model: Any
+    params: Any
+    config: Any
+    path: str
+    meta: dict
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        from pxd.data import DATASETS
+
+        return tuple(DATASETS[self.config.dataset].shape)
+
+    def bits_per_dim(self, images, *, batch_size: int = 64) -> np.ndarray:
+        return bits_per_dim(images, density=self, batch_size=batch_size)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Classifier:
+    """A loaded classifier: `logits(images)` and `predict(images)` on uint8 images."""
+
+    model: Any
+    variables: Any
+    config: Any
+    path: str
+    meta: dict
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        from pxd.data import DATASETS
+
+        return tuple(DATASETS[self.config.dataset].shape)
+
+    @property
+    def logits_fn(self):
+        """Pure `f(x float32 (B,H,W,C) on 0..255) -> logits`, for gradients and attacks."""
+        from pxd.classify import make_logits_fn
+
+        return make_logits_fn(self.model, self.variables["params"],
+                              self.variables.get("batch_stats", {}))
+
+    def predict(self, images, *, batch_size: int = 256) -> np.ndarray:
+        """Predicted labels int32 (N,)."""
+        from pxd.classify import predict
+
+        x = _images(images, self.shape, "classifier")
+        _check_batch(batch_size)
+        return np.asarray(predict(self.logits_fn, x, batch_size=batch_size))
+
+    def logits(self, images, *, batch_size: int = 256) -> np.ndarray:
+        """Logits float32 (N, classes)."""
+        from pxd import devices
+
+        x = _images(images, self.shape, "classifier")
+        _check_batch(batch_size)
+        f = jax.jit(lambda xb: self.logits_fn(xb.astype(np.float32)))
+        return np.asarray(devices.map_batches(f, (x,), batch_size))
+
+
+def _check_batch(batch_size: int) -> None:
+    if not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise PxdError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def _images(images, shape: tuple[int, ...] | None = None, what: str = "model") -> np.ndarray:
+    """Validated uint8 NHWC images (the CLI's checks and messages)."""
+    from pxd import imageio
+
+    try:
+        a = np.asarray(images)
+    except Exception as e:  # objects numpy cannot read
+        raise PxdError(f"images: cannot be read as an array ({type(e).__name__})") from None
+    if a.ndim == 3 and a.shape[-1] in (1, 3):  # (N,H,W) grey would be W = 1 or 3 wide
+        raise PxdError(f"images: shape {a.shape} looks like one image; add a batch axis "
+                       "(images[None])")
+    x = imageio._check_array(a, "images")
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise PxdError(f"images: shape {tuple(x.shape[1:])} per image, but the {what} "
+                       f"expects {tuple(shape)}")
+    return x
+
+
+def _eps(eps, name: str = "eps") -> int:
+    if isinstance(eps, bool) or not isinstance(eps, int | float | np.integer | np.floating):
+        raise PxdError(f"{name} must be a number on the 0-255 scale, got {eps!r}")
+    from pxd.commands.common import check_eps
+
+    return check_eps(float(eps), name)
+
+
+def zoo() -> list[dict]:
+    """The shipped models' cards (name, kind, dataset, measured figures, sha256, ...)."""
+    from pxd import shipped as _zoo
+
+    return [{k: v for k, v in e.items() if k != "path"} for e in _zoo.entries()]
+
+
+def load_density(name_or_dir: str | None = None, *, dataset: str = "cifar10") -> Density:
+    """A shipped PixelCNN by name (see `zoo()`), a `pxd train-density` run directory, or
+    (None) the shipped default for `dataset`."""
+    from pxd import shipped as _zoo
+    from pxd.data import DATASETS
+    from pxd.store import load_density as _load
+
+    if name_or_dir is None:
+        if dataset not in DATASETS:
+            raise PxdError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
+        name_or_dir = _zoo.default_path("density", tuple(DATASETS[dataset].shape))
+    if not isinstance(name_or_dir, str):
+        raise PxdError(f"density: give a shipped model name or a run directory, "
+                       f"not {type(name_or_dir).__name__}")
+    model, params, cfg, meta = _load(name_or_dir)
+    return Density(model, params, cfg, name_or_dir, meta)
+
+
+def load_classifier(name_or_dir: str | None = None, *, dataset: str = "cifar10") -> Classifier:
+    """A shipped classifier by name, a `pxd train-clf` run directory, or (None) the shipped
+    default for `dataset`."""
+    from pxd import shipped as _zoo
+    from pxd.classify import load_classifier as _load
+    from pxd.data import DATASETS
+
+    if name_or_dir is None:
+        if dataset not in DATASETS:
+            raise PxdError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
+        name_or_dir = _zoo.default_path("classifier", tuple(DATASETS[dataset].shape))
+    if not isinstance(name_or_dir, str):
+        raise PxdError(f"clf: give a shipped model name or a run directory, "
+                       f"not {type(name_or_dir).__name__}")
+    model, variables, cfg, meta = _load(name_or_dir)
+    return Classifier(model, variables, cfg, name_or_dir, meta)
+
+
+def _density_for(density, x_shape) -> Density:
+    from pxd.data import DATASETS
+
+    if isinstance(density, Density):
+        d = density
+    elif density is None:
+        match = [n for n, i in DATASETS.items() if tuple(i.shape) == tuple(x_shape)]
+        if not match:
+            raise PxdError(f"images: no shipped density model for images of shape "
+                           f"{tuple(x_shape)}; pass density=RUN_DIR")
+        d = load_density(None, dataset=match[0])
+    else:
+        d = load_density(density)
+    if tuple(d.shape) != tuple(x_shape):
+        raise PxdError(f"images: shape {tuple(x_shape)} per image, but the density model "
+                       f"was trained on {d.config.dataset} {tuple(d.shape)}")
+    return d
+
+
+def _clf_for(clf, x_shape) -> Classifier:
+    from pxd.data import DATASETS
+
+    if isinstance(clf, Classifier):
+        c = clf
+    elif clf is None:
+        match = [n for n, i in DATASETS.items() if tuple(i.shape) == tuple(x_shape)]
+        if not match:
+            raise PxdError(f"images: no shipped classifier for images of shape "
+                           f"{tuple(x_shape)}; pass clf=RUN_DIR")
+        c = load_classifier(None, dataset=match[0])
+    else:
+        c = load_classifier(clf)
+    if tuple(c.shape) != tuple(x_shape):
+        raise PxdError(f"images: shape {tuple(x_shape)} per image, but the classifier was "
+                       f"trained on {c.config.dataset} {tuple(c.shape)}")
+    return c
+
+
+def bits_per_dim(images, *, density: Density | str | None = None,
+                 batch_size: int = 64) -> np.ndarray:
+    """Bits/dim of each image under the PixelCNN, float32 (N,): the paper's detection
+    score (adversarial images score higher)."""
+    from pxd import devices
+    from pxd.density import make_bpd_fn
+
+    x = _images(images)
+    _check_batch(batch_size)
+    d = _density_for(density, x.shape[1:])
+    fn = make_bpd_fn(d.model)
+    return np.asarray(devices.map_batches(lambda xb: fn(d.params, xb), (x,), batch_size))
+
+
+def purify(images, eps: float = 16, *, density: Density | str | None = None,
+           adaptive_threshold: float | None = None, batch_size: int = 32) -> np.ndarray:
+    """PixelDefend (Algorithm 1): each sub-pixel in raster order becomes the most likely
+    value under the PixelCNN within `eps` of its original value (ties to the lowest).
+
+    With `adaptive_threshold` (bits/dim), images scoring at or below it are returned
+    unchanged (adaptive PixelDefend). Returns uint8 (N, H, W, C), inside the eps-ball.
+    """
+    from pxd.commands.purify import purify_array
+
+    x = _images(images)
+    e = _eps(eps)
+    _check_batch(batch_size)
+    d = _density_for(density, x.shape[1:])
+    per_image = np.full(len(x), e, np.int32)
+    if adaptive_threshold is not None:
+        if not isinstance(adaptive_threshold, int | float | np.integer | np.floating):
+            raise PxdError(f"adaptive_threshold must be a number (bits/dim), "
+                           f"got {adaptive_threshold!r}")
+        bpd = bits_per_dim(x, density=d)
+        per_image = np.where(bpd > adaptive_threshold, e, 0).astype(np.int32)
+    return np.asarray(purify_array(d.model, d.params, x, per_image, max_eps=e,
+                                   batch_size=batch_size))
+
+
+def feature_squeeze(images) -> np.ndarray:
+    """Feature squeezing as in the paper's Appendix C: 5-bit colour depth, then a 2x2
+    median filter. uint8 in and out."""
+    from pxd.commands.purify import squeeze_array
+
+    return np.asarray(squeeze_array(_images(images)))
+
+
+def attack(images, labels, name: str = "bim", *, eps: float = 8,
+           clf: Classifier | str | None = None, key: jax.Array | None = None,
+           batch_size: int = 100, **options) -> np.ndarray:
+    """Adversarial uint8 images against `clf` (default: the shipped one for the images'
+    shape), on the integer grid and within the L-inf `eps` ball and [0, 255].
+
+    `name`: rand, fgsm, bim, pgd, deepfool or cw; `options` go to the attack (e.g.
+    steps=20, restarts=2). `key` defaults to `jax.random.key(0)`.
+    """
+    from pxd import imageio
+    from pxd.classify import craft
+
+    if name not in ATTACK_NAMES:
+        raise PxdError(f"unknown attack '{name}' (choose from {', '.join(ATTACK_NAMES)})")
+    x = _images(images)
+    y = imageio._check_labels(np.asarray(labels), len(x), "labels")
+    e = _eps(eps)
+    _check_batch(batch_size)
+    c = _clf_for(clf, x.shape[1:])
+    from pxd.data import DATASETS
+
+    k = DATASETS[c.config.dataset].num_classes
+    if y.max() >= k:
+        raise PxdError(f"labels: {int(y.max())} is not a class of {c.config.dataset} "
+                       f"(0..{k - 1})")
+    key = jax.random.key(0) if key is None else key
+    try:
+        return np.asarray(craft(name, c.logits_fn, x, y, eps=float(e), key=key,
+                                batch_size=batch_size, **options))
+    except TypeError as err:  # an option the attack does not take
+        raise PxdError(f"attack {name}: {err}") from None
+
+
+def roc_auc(clean_scores, suspect_scores) -> float:
+    """ROC AUC of a score that should be higher on suspects (e.g. bits/dim): the
+    probability a suspect outscores a clean image, ties counted half."""
+    from pxd.metrics import roc_auc as _auc
+
+    return _auc(np.asarray(clean_scores), np.asarray(suspect_scores))
+
+
+def p_values(clean_scores, scores) -> np.ndarray:
+    """Per-image p-values: the fraction of clean reference scores at least as high."""
+    from pxd.metrics import p_values as _p
+
+    return _p(np.asarray(clean_scores), np.asarray(scores))

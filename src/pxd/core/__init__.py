@@ -1,0 +1,1 @@
+"""Pure, jittable maths: no I/O, no CLI, no global state."""

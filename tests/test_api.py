@@ -1,0 +1,133 @@
+"""The public Python API on smoke models: every function, its bad-input paths, and its
+names (a test fails if one disappears)."""
+
+import jax
+import numpy as np
+import pytest
+
+import pxd
+
+PUBLIC = {"Classifier", "Density", "PxdError", "attack", "bits_per_dim", "feature_squeeze",
+          "load_classifier", "load_density", "p_values", "purify", "roc_auc", "zoo"}
+
+
+def test_public_names_stay():
+    assert PUBLIC <= set(pxd.__all__)
+    for name in PUBLIC:
+        assert getattr(pxd, name) is not None, name
+    # internal submodules must not shadow a public name once imported
+    import importlib
+
+    importlib.import_module("pxd.commands.bench")  # imports most of the package
+
+    assert callable(pxd.purify) and callable(pxd.zoo) and callable(pxd.attack)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    from test_data import cifar_dir
+
+    from pxd import data
+    from pxd.classify import clf_config
+    from pxd.commands.clf import run_train_clf
+    from pxd.commands.density import run_train_density
+    from pxd.density import density_config
+
+    data_dir = cifar_dir()
+    root = tmp_path_factory.mktemp("api")
+    dens, clf = str(root / "density"), str(root / "clf")
+    run_train_density(density_config("cifar10", "smoke", steps=4, eval_n=16), dens,
+                      data_dir=data_dir)
+    run_train_clf(clf_config("cifar10", "resnet", "normal", "smoke", steps=4, eval_n=16,
+                             test_n=16), clf, data_dir=data_dir)
+    x, y = data.load("cifar10:test[:6]", data_dir)
+    return dict(density=dens, clf=clf, x=x, y=y)
+
+
+def test_purify_bits_per_dim_and_density_object(smoke):
+    x = smoke["x"]
+    d = pxd.load_density(smoke["density"])
+    assert isinstance(d, pxd.Density) and d.shape == (32, 32, 3)
+    out = pxd.purify(x, eps=4, density=d)
+    assert out.dtype == np.uint8 and out.shape == x.shape
+    assert np.abs(out.astype(int) - x).max() <= 4
+    # the same as the purifier itself on the same model
+    from pxd.core.purify import make_purifier
+
+    ref = np.asarray(make_purifier(d.model, "auto", max_eps=4)(d.params, x, np.full(6, 4)))
+    np.testing.assert_array_equal(out, ref)
+    # a name or dir loads the same model; lists and float arrays of whole numbers work
+    np.testing.assert_array_equal(pxd.purify(x.tolist(), 4, density=smoke["density"]), out)
+    b = pxd.bits_per_dim(x.astype(np.float32), density=d)
+    assert b.shape == (6,) and b.dtype == np.float32
+    np.testing.assert_allclose(d.bits_per_dim(x), b)
+    assert pxd.bits_per_dim(out, density=d).mean() < b.mean()
+    np.testing.assert_array_equal(pxd.purify(x, eps=0, density=d), x)
+
+
+def test_adaptive_threshold_leaves_low_scores_alone(smoke):
+    x, d = smoke["x"], pxd.load_density(smoke["density"])
+    b = pxd.bits_per_dim(x, density=d)
+    thr = float(np.median(b))
+    out = pxd.purify(x, eps=8, density=d, adaptive_threshold=thr)
+    full = pxd.purify(x, eps=8, density=d)
+    low = b <= thr
+    np.testing.assert_array_equal(out[low], x[low])
+    np.testing.assert_array_equal(out[~low], full[~low])
+
+
+def test_attack_and_classifier(smoke):
+    x, y = smoke["x"], smoke["y"]
+    c = pxd.load_classifier(smoke["clf"])
+    assert c.logits(x).shape == (6, 10)
+    np.testing.assert_array_equal(c.predict(x), c.logits(x).argmax(-1))
+    adv = pxd.attack(x, y, "fgsm", eps=8, clf=c)
+    assert adv.dtype == np.uint8 and np.abs(adv.astype(int) - x).max() <= 8
+    # FGSM at eps 8 is x + 8 sign(grad), clipped: every changed sub-pixel moved by 8 or hit
+    # the range's end
+    d = np.abs(adv.astype(int) - x)
+    assert np.all((d == 0) | (d == 8) | (adv == 0) | (adv == 255))
+    again = pxd.attack(x, y, "bim", eps=4, clf=smoke["clf"], key=jax.random.key(1), steps=3)
+    assert np.abs(again.astype(int) - x).max() <= 4
+
+
+def test_feature_squeeze_and_metrics():
+    x = np.array([[[[0], [8]], [[255], [130]]]], np.uint8)  # one 2x2 grey image
+    out = pxd.feature_squeeze(x)
+    assert out.shape == x.shape and out.dtype == np.uint8
+    assert pxd.roc_auc([1, 2, 3], [2, 3, 4]) == pytest.approx(7 / 9)
+    np.testing.assert_allclose(pxd.p_values([1, 2, 3, 4], [2.0]), [0.75])
+
+
+def test_zoo_lists_the_shipped_cards():
+    names = {e["name"] for e in pxd.zoo()}
+    assert {"pixelcnn-c10-cpu", "resnet-c10-normal"} <= names
+    assert all("sha256" in e and "path" not in e for e in pxd.zoo())
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda s: pxd.purify(s["x"][0], density=s["density"]), "add a batch axis"),
+    (lambda s: pxd.purify(s["x"] / 255.0, density=s["density"]), "multiply [0,1] floats"),
+    (lambda s: pxd.purify(s["x"].astype(float) + 300, density=s["density"]), "outside 0..255"),
+    (lambda s: pxd.purify(s["x"], eps=300, density=s["density"]), "[0, 255]"),
+    (lambda s: pxd.purify(s["x"], eps=2.5, density=s["density"]), "integer"),
+    (lambda s: pxd.purify(s["x"], eps="8", density=s["density"]), "number"),
+    (lambda s: pxd.purify(s["x"], density=s["clf"]), "not a density"),
+    (lambda s: pxd.purify(np.zeros((2, 28, 28, 1), np.uint8), density=s["density"]),
+     "trained on cifar10"),
+    (lambda s: pxd.purify(s["x"], density="no-such-model"), "not found"),
+    (lambda s: pxd.purify(s["x"], density=s["density"], batch_size=0), "batch_size"),
+    (lambda s: pxd.bits_per_dim(np.zeros((0, 32, 32, 3), np.uint8)), "no images"),
+    (lambda s: pxd.bits_per_dim(np.full((1, 32, 32, 3), np.nan)), "NaN"),
+    (lambda s: pxd.attack(s["x"], s["y"][:3], clf=s["clf"]), "3 labels for 6 images"),
+    (lambda s: pxd.attack(s["x"], s["y"] + 10, clf=s["clf"]), "not a class"),
+    (lambda s: pxd.attack(s["x"], s["y"], "nope", clf=s["clf"]), "unknown attack"),
+    (lambda s: pxd.attack(s["x"], s["y"], clf=s["density"]), "not a classifier"),
+    (lambda s: pxd.attack(s["x"], s["y"], "fgsm", clf=s["clf"], bogus=1), "bogus"),
+    (lambda s: pxd.load_density(dataset="mnist"), "unknown dataset"),
+])
+def test_bad_input_is_one_line_pxd_error(smoke, call, needle):
+    with pytest.raises(pxd.PxdError) as e:
+        call(smoke)
+    msg = str(e.value)
+    assert "\n" not in msg and needle in msg, msg
