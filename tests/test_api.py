@@ -8,7 +8,8 @@ import pytest
 import pxd
 
 PUBLIC = {"Classifier", "Density", "PxdError", "attack", "bits_per_dim", "feature_squeeze",
-          "load_classifier", "load_density", "p_values", "purify", "roc_auc", "zoo"}
+          "load_classifier", "load_dataset", "load_density", "p_values", "purify", "roc_auc",
+          "zoo"}
 
 
 def test_public_names_stay():
@@ -125,9 +126,30 @@ def test_zoo_lists_the_shipped_cards():
     (lambda s: pxd.attack(s["x"], s["y"], clf=s["density"]), "not a classifier"),
     (lambda s: pxd.attack(s["x"], s["y"], "fgsm", clf=s["clf"], bogus=1), "bogus"),
     (lambda s: pxd.load_density(dataset="mnist"), "unknown dataset"),
+    (lambda s: pxd.load_dataset("cifar10"), "dataset spec"),
 ])
 def test_bad_input_is_one_line_pxd_error(smoke, call, needle):
     with pytest.raises(pxd.PxdError) as e:
         call(smoke)
     msg = str(e.value)
     assert "\n" not in msg and needle in msg, msg
+
+
+@pytest.mark.parametrize("script, needle", [
+    ("purify_before_classifier.py", "after PixelDefend"),
+    ("detect_adversarial.py", "ROC AUC"),
+])
+def test_examples_run(script, needle):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_data import cifar_dir
+
+    env = dict(os.environ, PXD_DATA_DIR=cifar_dir())
+    path = Path(__file__).resolve().parents[1] / "examples" / script
+    r = subprocess.run([sys.executable, str(path), "8"], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert needle in r.stdout

@@ -18,6 +18,7 @@ __all__ = [
     "bits_per_dim",
     "feature_squeeze",
     "load_classifier",
+    "load_dataset",
     "load_density",
     "p_values",
     "purify",

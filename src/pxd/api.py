@@ -27,6 +27,7 @@ __all__ = [
     "bits_per_dim",
     "feature_squeeze",
     "load_classifier",
+    "load_dataset",
     "load_density",
     "p_values",
     "purify",
@@ -128,6 +129,18 @@ def _eps(eps, name: str = "eps") -> int:
     from pxd.commands.common import check_eps
 
     return check_eps(float(eps), name)
+
+
+def load_dataset(spec: str, *, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 (N, H, W, C) and labels int32 (N,) of a split, e.g.
+    "cifar10:test[:500]" or "fashion_mnist:train". Read from `data_dir` (or PXD_DATA_DIR)
+    when it holds the official archives, else from tensorflow-datasets (downloads)."""
+    from pxd import data
+
+    if not isinstance(spec, str) or not data.is_dataset_spec(spec):
+        raise PxdError(f"dataset spec like 'cifar10:test[:500]' expected, got {spec!r}")
+    x, y = data.load(spec, data_dir)
+    return x, np.asarray(y, np.int32)
 
 
 def zoo() -> list[dict]:
