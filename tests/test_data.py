@@ -62,9 +62,10 @@ def cifar_dir() -> str:
 def fashion_dir() -> str | None:
     """Folder argument for data.load that finds Fashion-MNIST (None: the system folder)."""
     name = data._FASHION_FILES["train"][0]
-    for d in (local_data_dir(), data.FASHION_MNIST_SYSTEM_DIR):
+    system = os.environ.get(data.ENV_FASHION_DIR) or data.FASHION_MNIST_SYSTEM_DIR
+    for d in (local_data_dir(), system):
         if d and os.path.isfile(os.path.join(d, name)):
-            return None if d == data.FASHION_MNIST_SYSTEM_DIR else d
+            return None if d == system else d
     pytest.skip(
         "Fashion-MNIST not found: apt-get install dataset-fashion-mnist, or set PXD_DATA_DIR "
         "to a folder holding its four idx .gz files"

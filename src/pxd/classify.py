@@ -343,12 +343,17 @@ def load_classifier(path: str):
     """(model, variables, config, meta) of a `pxd train-clf` run dir or shipped model name."""
     from pxd.config import load_json
     from pxd.store import run_params_path
-    from pxd.zoo import resolve
+    from pxd.zoo import not_found_hint, resolve
 
     path = resolve(path)
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isdir(path) or not os.path.exists(cfg_path):
-        raise PxdError(f"classifier checkpoint not found: {path} (a run dir of pxd train-clf)")
+        raise PxdError(f"classifier checkpoint not found: {path} (a run dir of pxd train-clf)"
+                       f"{not_found_hint(path, 'classifier')}")
+    if checkpoint.model_kind(path) == "density":
+        raise PxdError(f"{path} is a density model (PixelCNN), not a classifier: give it as "
+                       "--density; --clf takes a pxd train-clf run or a shipped classifier "
+                       "(pxd zoo)")
     try:
         cfg = validate(load_json(ClfConfig, cfg_path))
     except PxdError as e:
