@@ -43,6 +43,8 @@ Steps = Annotated[int | None, typer.Option(min=1, help="Train this many steps.")
 Epochs = Annotated[float | None, typer.Option(help="Train this many epochs.")]
 TrainBatch = Annotated[int | None, typer.Option(min=1, help="Global batch size.")]
 
+_ARGS: list[str] = []  # this invocation's arguments, recorded in reports
+
 # What Ctrl-C says on commands that keep finished work.
 _RESUME_HINT = {"purify": "rerun with --resume to continue",
                 "train-density": "rerun with --resume to continue",
@@ -339,7 +341,7 @@ def bench(
         out=out, adaptive_steps=adaptive_steps, adaptive_n=adaptive_n,
         adaptive_bpd_weight=adaptive_bpd_weight, restarts=restarts, seed=seed,
         batch_size=batch_size, attack_opts=attack_opts,
-        command=" ".join(["pxd"] + sys.argv[1:]), data_dir=data_dir, rep=rep,
+        command=" ".join(["pxd"] + _ARGS), data_dir=data_dir, rep=rep,
     )
 
 
@@ -400,6 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input gives one line on stderr and exit 2, never a traceback;
     Ctrl-C gives `pxd: interrupted` and exit 130."""
     args = sys.argv[1:] if argv is None else list(argv)
+    _ARGS[:] = args
     debug = os.environ.get("PXD_DEBUG") == "1"
     quiet_third_party(not (debug or "--verbose" in args))
     cmd = _command_name(args)
