@@ -407,7 +407,10 @@ def main(argv: list[str] | None = None) -> None:
     quiet_third_party(not (debug or "--verbose" in args))
     cmd = _command_name(args)
     # Our own exception, not KeyboardInterrupt: typer turns that into a silent exit.
-    old_handler = signal.signal(signal.SIGINT, _raise_interrupted)
+    try:
+        old_handler = signal.signal(signal.SIGINT, _raise_interrupted)
+    except ValueError:  # not the main thread: keep Python's KeyboardInterrupt
+        old_handler = None
     code = 0
     try:
         rv = app(args=args, prog_name="pxd", standalone_mode=False)
@@ -451,5 +454,6 @@ def main(argv: list[str] | None = None) -> None:
                   "(this is a bug; set PXD_DEBUG=1 for a traceback)", file=sys.stderr)
             code = 1
     finally:
-        signal.signal(signal.SIGINT, old_handler)
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
     sys.exit(code)
