@@ -74,10 +74,13 @@ def test_purify_end_to_end(density_run, tmp_path):
     (["purify", "cifar10:test[:2]", "--eps", "-1"], "--eps"),
     (["purify", "/nonexistent.npz", "--eps", "4"], "nonexistent"),
     (["purify", "cifar10:test[:2]", "--eps", "4", "--method", "magic"], "method"),
-    (["purify", "fashion_mnist:test[:2]", "--eps", "4"], "trained on"),
+    (["purify", "{fmnist}", "--eps", "4"], "trained on"),  # Fashion-MNIST-shaped, no dataset
 ])
 def test_bad_purify_input(density_run, tmp_path, args, needle):
     run_dir, data_dir = density_run
+    fmnist = tmp_path / "fm.npz"
+    np.savez(fmnist, x=np.zeros((2, 28, 28, 1), np.uint8))
+    args = [a.format(fmnist=fmnist) for a in args]
     out = tmp_path / "o.npz"
     r = run(args + ["--density", run_dir, "--out", str(out), "--data-dir", data_dir])
     assert r.returncode == 2
@@ -85,6 +88,7 @@ def test_bad_purify_input(density_run, tmp_path, args, needle):
     assert len(lines) == 1 and needle in lines[0], r.stderr
     assert "Traceback" not in r.stderr
     assert not out.exists() and not list(tmp_path.glob("o.npz*"))
+    assert sorted(os.listdir(tmp_path)) == ["fm.npz"]
 
 
 def test_missing_density_checkpoint(tmp_path):

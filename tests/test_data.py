@@ -39,10 +39,10 @@ def sha(a: np.ndarray) -> str:
 
 
 def local_data_dir() -> str | None:
-    """PXD_DATA_DIR if set, else <repo>/../shared/data if it exists."""
-    env = os.environ.get("PXD_DATA_DIR")
-    if env:
-        return env
+    """PXD_DATA_DIR if set (empty: no local data, as on a bare machine), else
+    <repo>/../shared/data if it exists."""
+    if "PXD_DATA_DIR" in os.environ:
+        return os.environ["PXD_DATA_DIR"] or None
     d = REPO.parent / "shared" / "data"
     return str(d) if d.is_dir() else None
 
@@ -62,9 +62,10 @@ def cifar_dir() -> str:
 def fashion_dir() -> str | None:
     """Folder argument for data.load that finds Fashion-MNIST (None: the system folder)."""
     name = data._FASHION_FILES["train"][0]
-    for d in (local_data_dir(), data.FASHION_MNIST_SYSTEM_DIR):
+    system = os.environ.get(data.ENV_FASHION_DIR) or data.FASHION_MNIST_SYSTEM_DIR
+    for d in (local_data_dir(), system):
         if d and os.path.isfile(os.path.join(d, name)):
-            return None if d == data.FASHION_MNIST_SYSTEM_DIR else d
+            return None if d == system else d
     pytest.skip(
         "Fashion-MNIST not found: apt-get install dataset-fashion-mnist, or set PXD_DATA_DIR "
         "to a folder holding its four idx .gz files"
@@ -258,6 +259,7 @@ def _idx(path: Path, magic: int, arr: np.ndarray) -> None:
 
 def test_fashion_bad_idx(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "missing"))
+    monkeypatch.delenv(data.ENV_FASHION_DIR, raising=False)
     img, lbl = (tmp_path / n for n in data._FASHION_FILES["test"])
     _idx(img, 2049, np.zeros((10000, 28, 28)))  # labels' magic on an images file
     _idx(lbl, 2049, np.zeros(10000))
@@ -284,6 +286,7 @@ def test_missing_source_message(name, tmp_path, monkeypatch):
     empty.mkdir()
     monkeypatch.setenv("PXD_DATA_DIR", str(empty))
     monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-system-dir"))
+    monkeypatch.delenv(data.ENV_FASHION_DIR, raising=False)
 
     def offline(*args, **kwargs):
         raise ConnectionError("offline: no network\n(details)")

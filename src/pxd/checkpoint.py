@@ -49,8 +49,9 @@ def save_state(run_dir: str, step: int, state: Any, keep: int = 2) -> None:
 def check_run_dir(out: str, cfg: Any, *, resume: bool) -> None:
     """Refuse to overwrite a run, to resume nothing, or to resume with another config
     (apart from `steps`: a run may be extended)."""
-    from pxd import config
+    from pxd import config, imageio
 
+    imageio.check_writable(out, "--out", folder=True)
     cfg_path = os.path.join(out, "config.json")
     if os.path.exists(cfg_path):
         if not resume:
@@ -181,8 +182,27 @@ def read_json(run_dir: str, name: str) -> dict:
     p = os.path.join(run_dir, name)
     if not os.path.exists(p):
         return {}
-    with open(p) as f:
-        return json.load(f)
+    try:
+        with open(p) as f:
+            obj = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PxdError(f"cannot read {p}: {' '.join(str(e).split())}") from None
+    if not isinstance(obj, dict):
+        raise PxdError(f"{p}: expected a JSON object")
+    return obj
+
+
+def model_kind(run_dir: str) -> str | None:
+    """'classifier' or 'density' from a run's config.json (None if unreadable)."""
+    try:
+        cfg = read_json(run_dir, "config.json")
+    except PxdError:
+        return None
+    if "arch" in cfg:
+        return "classifier"
+    if "model" in cfg and "arch" not in cfg:
+        return "density"
+    return None
 
 
 def read_meta(run_dir: str) -> dict:

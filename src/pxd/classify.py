@@ -342,15 +342,18 @@ def craft(attack_name: str, logits_fn, x: np.ndarray, y: np.ndarray, *, eps, key
 def load_classifier(path: str):
     """(model, variables, config, meta) of a `pxd train-clf` run dir or shipped model name."""
     from pxd.config import load_json
-    from pxd.shipped import resolve
+    from pxd.shipped import not_found_hint, resolve
     from pxd.store import run_params_path
 
     path = resolve(path)
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isdir(path) or not os.path.exists(cfg_path):
-        raise PxdError(f"classifier checkpoint not found: {path} (a run dir of pxd train-clf)")
-    if "arch" not in checkpoint.read_json(path, "config.json"):
-        raise PxdError(f"{path} is a density model, not a classifier (pass it as --density)")
+        raise PxdError(f"classifier checkpoint not found: {path} (a run dir of pxd train-clf)"
+                       f"{not_found_hint(path, 'classifier')}")
+    if checkpoint.model_kind(path) == "density":
+        raise PxdError(f"{path} is a density model (PixelCNN), not a classifier: give it as "
+                       "--density; --clf takes a pxd train-clf run or a shipped classifier "
+                       "(pxd zoo)")
     try:
         cfg = validate(load_json(ClfConfig, cfg_path))
     except PxdError as e:

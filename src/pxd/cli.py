@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Annotated
 
 import typer
 
 from pxd import __version__
-from pxd.errors import PxdError
+from pxd.errors import Interrupted, PxdError
 
 app = typer.Typer(
     add_completion=False,
@@ -28,21 +29,36 @@ DensityOpt = Annotated[str | None, typer.Option(
 Seed = Annotated[int, typer.Option("--seed", help="PRNG seed.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON object.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print results only.")]
+Verbose = Annotated[bool, typer.Option(
+    "--verbose", help="Also show third-party log messages and warnings.")]
 Devices = Annotated[
     int | None,
-    typer.Option("--devices", help="Virtual CPU devices (default: one per core)."),
+    typer.Option("--devices", min=1, help="Virtual CPU devices (default: one per core)."),
 ]
 Distributed = Annotated[
     bool,
     typer.Option("--distributed", help="Multi-host: call jax.distributed.initialize()."),
 ]
+Steps = Annotated[int | None, typer.Option(min=1, help="Train this many steps.")]
+Epochs = Annotated[float | None, typer.Option(help="Train this many epochs.")]
+TrainBatch = Annotated[int | None, typer.Option(min=1, help="Global batch size.")]
+
+_ARGS: list[str] = []  # this invocation's arguments, recorded in reports
+
+# What Ctrl-C says on commands that keep finished work.
+_RESUME_HINT = {"purify": "rerun with --resume to continue",
+                "train-density": "rerun with --resume to continue",
+                "train-clf": "rerun with --resume to continue",
+                "bench": "rerun the same command: finished work is cached"}
 
 
 def _setup(devices: int | None, distributed: bool = False, quiet: bool = False,
-           json_mode: bool = False):
+           json_mode: bool = False, verbose: bool = False):
     from pxd import devices as dev
     from pxd.report import Reporter
 
+    if verbose:
+        quiet_third_party(False)
     dev.setup(devices, distributed)
     return Reporter(quiet=quiet, json_mode=json_mode)
 
@@ -69,18 +85,19 @@ def score(
     reference: Annotated[str | None, typer.Option(
         help="Clean reference set, e.g. cifar10:train[:2000]: adds ROC AUC and p-values.")] = None,
     plot: Annotated[str | None, typer.Option("--plot", help="Write PNG figures here.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 64,
     data_dir: DataDir = None,
     devices: Devices = None,
     json_out: Json = False,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ):
     """Score images by bits/dim under the PixelCNN (detection of adversarial inputs)."""
-    rep = _setup(devices, False, quiet, json_out)
-    from pxd.commands.score import run_score
-
     if not bpd:
         raise PxdError("bits/dim is the only score pxd computes; drop --no-bpd")
+    rep = _setup(devices, False, quiet, json_out, verbose)
+    from pxd.commands.score import run_score
+
     run_score(inputs, density=density, reference=reference, plot_dir=plot, data_dir=data_dir,
               batch_size=batch_size, rep=rep)
 
@@ -88,24 +105,28 @@ def score(
 @app.command("purify")
 def purify(
     input: Annotated[str, typer.Argument(help="File, folder or dataset spec.")],
-    out: Annotated[str, typer.Option("--out", help="Output .npz (written when complete).")],
-    eps: Annotated[float, typer.Option("--eps", help="eps_defend on the 0-255 scale.")] = 16,
+    out: Annotated[str | None, typer.Option(
+        "--out", help="Output .npz, written when complete (default: INPUT.purified.npz "
+        "beside the input).")] = None,
+    eps: Annotated[float, typer.Option("--eps", min=0, max=255,
+                                       help="eps_defend on the 0-255 scale.")] = 16,
     method: Annotated[str, typer.Option(help="pixeldefend or feature-squeeze.")] = "pixeldefend",
     density: DensityOpt = None,
     adaptive_threshold: Annotated[float | None, typer.Option(
         help="Adaptive PixelDefend: purify only images above this bits/dim.")] = None,
     grid: Annotated[str | None, typer.Option(help="PNG: inputs above purified.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
-    chunk: Annotated[int, typer.Option(help="Images per resumable chunk.")] = 256,
-    batch_size: Annotated[int, typer.Option(help="Images per device batch.")] = 32,
+    chunk: Annotated[int, typer.Option(min=1, help="Images per resumable chunk.")] = 256,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per device batch.")] = 32,
     data_dir: DataDir = None,
     devices: Devices = None,
     distributed: Distributed = False,
     json_out: Json = False,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ):
     """Purify images with PixelDefend (greedy decode in the eps-ball) before classifying."""
-    rep = _setup(devices, distributed, quiet, json_out)
+    rep = _setup(devices, distributed, quiet, json_out, verbose)
     from pxd.commands.purify import run_purify
 
     run_purify(input, out, eps=eps, method=method, density=density,
@@ -126,18 +147,39 @@ def zoo_cmd(
     data_dir: DataDir = None,
     json_out: Json = False,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ):
     """List the models shipped with pxd and what pxd measured for them."""
-    rep = _setup(None, False, quiet, json_out)
+    if export is not None and not name:
+        raise PxdError("--export needs --name")
+    rep = _setup(None, False, quiet, json_out, verbose)
     from pxd.commands.zoo import run_zoo_export, run_zoo_list
 
     if export is not None:
-        if not name:
-            raise PxdError("--export needs --name")
         run_zoo_export(export, name, default=default, command=train_command,
                        data_dir=data_dir, rep=rep, with_state=with_state)
         return
     run_zoo_list(rep)
+
+
+def _steps(dataset: str, epochs: float | None, steps: int | None, batch_size: int) -> int | None:
+    """--epochs or --steps as a step count (None: the preset's)."""
+    from pxd.data import DATASETS
+
+    if epochs is not None and steps is not None:
+        raise PxdError("give --epochs or --steps, not both")
+    if epochs is not None:
+        if not epochs > 0:
+            raise PxdError(f"--epochs must be positive, got {epochs:g}")
+        return max(1, round(epochs * DATASETS[dataset].splits["train"] / batch_size))
+    return steps
+
+
+def _check_dataset(dataset: str) -> None:
+    from pxd.data import DATASETS
+
+    if dataset not in DATASETS:
+        raise PxdError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
 
 
 @app.command("train-density")
@@ -145,8 +187,8 @@ def train_density(
     out: Annotated[str, typer.Option("--out", help="Run directory (config, checkpoints).")],
     dataset: Annotated[str, typer.Option(help="cifar10 or fashion_mnist.")] = "cifar10",
     preset: Annotated[str, typer.Option(help="smoke, cpu or paper.")] = "cpu",
-    epochs: Annotated[float | None, typer.Option(help="Train this many epochs.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Train this many steps.")] = None,
+    epochs: Epochs = None,
+    steps: Steps = None,
     hours: Annotated[float | None, typer.Option(
         help="Budget in hours: steps from this machine's measured speed.")] = None,
     schedule: Annotated[str | None, typer.Option(
@@ -157,7 +199,7 @@ def train_density(
     resume_from: Annotated[str | None, typer.Option(
         help="Continue a shipped model's own run (its saved training state) in --out.")]
     = None,
-    batch_size: Annotated[int | None, typer.Option(help="Global batch size.")] = None,
+    batch_size: TrainBatch = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     data_dir: DataDir = None,
     seed: Seed = 0,
@@ -165,30 +207,24 @@ def train_density(
     distributed: Distributed = False,
     json_out: Json = False,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ):
     """Train the PixelCNN++ density model on clean images."""
-    rep = _setup(devices, distributed, quiet, json_out)
-    from pxd.commands.density import run_train_density
-    from pxd.data import DATASETS
+    from pxd.config import replace
     from pxd.density import density_config
 
-    if dataset not in DATASETS:
-        raise PxdError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
-    if sum(v is not None for v in (epochs, steps, hours)) > 1:
+    _check_dataset(dataset)
+    if hours is not None and (epochs is not None or steps is not None):
         raise PxdError("give one budget: --epochs, --steps or --hours")
+    if lr is not None and not lr > 0:
+        raise PxdError(f"--lr must be positive, got {lr:g}")
     cfg = density_config(dataset, preset, batch_size=batch_size, seed=seed, lr=lr,
                          schedule=schedule, init_from=init_from)
-    if epochs is not None:
-        if epochs <= 0:
-            raise PxdError("--epochs must be positive")
-        n = DATASETS[dataset].splits["train"]
-        steps = max(1, round(epochs * n / cfg.batch_size))
-    if steps is not None:
-        if steps <= 0:
-            raise PxdError("--steps must be positive")
-        from pxd.config import replace
+    steps = _steps(dataset, epochs, steps, cfg.batch_size)
+    cfg = replace(cfg, steps=steps)
+    rep = _setup(devices, distributed, quiet, json_out, verbose)
+    from pxd.commands.density import run_train_density
 
-        cfg = replace(cfg, steps=steps)
     run_train_density(cfg, out, resume=resume, hours=hours, keep_steps=steps is None,
                       resume_from=resume_from, data_dir=data_dir, rep=rep)
 
@@ -204,9 +240,9 @@ def train_clf(
     training: Annotated[str, typer.Option(
         help="normal, adv-fgsm, adv-bim or label-smoothing.")] = "normal",
     preset: Annotated[str, typer.Option(help="smoke, cpu or paper.")] = "cpu",
-    epochs: Annotated[float | None, typer.Option(help="Train this many epochs.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Train this many steps.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Global batch size.")] = None,
+    epochs: Epochs = None,
+    steps: Steps = None,
+    batch_size: TrainBatch = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     data_dir: DataDir = None,
     seed: Seed = 0,
@@ -214,27 +250,18 @@ def train_clf(
     distributed: Distributed = False,
     json_out: Json = False,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ):
     """Train a classifier (ResNet or VGG; normal, adversarial or label-smoothing)."""
-    rep = _setup(devices, distributed, quiet, json_out)
     from pxd.classify import clf_config
-    from pxd.commands.clf import run_train_clf
     from pxd.config import replace
-    from pxd.data import DATASETS
 
-    if dataset not in DATASETS:
-        raise PxdError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
-    if epochs is not None and steps is not None:
-        raise PxdError("give --epochs or --steps, not both")
+    _check_dataset(dataset)
     cfg = clf_config(dataset, arch, training, preset, batch_size=batch_size, seed=seed)
-    if epochs is not None:
-        if epochs <= 0:
-            raise PxdError("--epochs must be positive")
-        steps = max(1, round(epochs * DATASETS[dataset].splits["train"] / cfg.batch_size))
-    if steps is not None:
-        if steps <= 0:
-            raise PxdError("--steps must be positive")
-        cfg = replace(cfg, steps=steps)
+    cfg = replace(cfg, steps=_steps(dataset, epochs, steps, cfg.batch_size))
+    rep = _setup(devices, distributed, quiet, json_out, verbose)
+    from pxd.commands.clf import run_train_clf
+
     run_train_clf(cfg, out, resume=resume, data_dir=data_dir, rep=rep)
 
 
@@ -242,25 +269,28 @@ def train_clf(
 def attack_cmd(
     input: Annotated[str, typer.Argument(
         help="Images (.npz/.npy/PNG/JPEG/folder) or a dataset spec like cifar10:test[:100].")],
-    clf: Annotated[str, typer.Option(
-        "--clf", help="Classifier run dir or shipped model name (pxd zoo).")],
+    clf: Annotated[str | None, typer.Option(
+        "--clf", help="Classifier run dir or shipped model name (default: the zoo's for the "
+        "images' dataset; see pxd zoo).")] = None,
     attack: Annotated[str, typer.Option(
         "--attack", help="rand, fgsm, bim, deepfool, cw or pgd.")] = "fgsm",
     eps: Annotated[float, typer.Option(
-        "--eps-attack", help="L-inf budget in pixel units (0..255).")] = 8.0,
-    out: Annotated[str, typer.Option("--out", help="Output .npz.")] = "adv.npz",
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 100,
-    steps: Annotated[int | None, typer.Option(help="Iterations (bim, pgd).")] = None,
-    restarts: Annotated[int | None, typer.Option(help="Random restarts (pgd).")] = None,
+        "--eps-attack", min=0, max=255, help="L-inf budget in pixel units (0..255).")] = 8.0,
+    out: Annotated[str | None, typer.Option(
+        "--out", help="Output .npz (default: INPUT.ATTACK-epsE.npz beside the input).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 100,
+    steps: Annotated[int | None, typer.Option(min=1, help="Iterations (bim, pgd).")] = None,
+    restarts: Annotated[int | None, typer.Option(min=1, help="Random restarts (pgd).")] = None,
     data_dir: DataDir = None,
     seed: Seed = 0,
     devices: Devices = None,
     distributed: Distributed = False,
     json_out: Json = False,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ):
     """Craft adversarial examples against a trained classifier; writes an .npz."""
-    rep = _setup(devices, distributed, quiet, json_out)
+    rep = _setup(devices, distributed, quiet, json_out, verbose)
     from pxd.commands.clf import run_attack
 
     run_attack(input, clf, attack=attack, eps=eps, out=out, batch_size=batch_size, steps=steps,
@@ -286,37 +316,40 @@ def bench(
     defense: Annotated[str, typer.Option(
         "--defense", help="all or a comma list of none, feature-squeeze, pixeldefend, "
         "adaptive-pixeldefend.")] = "all",
-    eps_defend: Annotated[float, typer.Option(help="eps_defend, 0-255 scale.")] = 16,
+    eps_defend: Annotated[float, typer.Option(min=0, max=255,
+                                              help="eps_defend, 0-255 scale.")] = 16,
     adaptive_threshold: Annotated[float | None, typer.Option(
         help="Bits/dim above which adaptive PixelDefend purifies (default: mean clean "
         "bits/dim of 256 held-out test images + 0.2).")] = None,
-    n: Annotated[int, typer.Option("--n", help="First N test images.")] = 500,
+    n: Annotated[int, typer.Option("--n", min=1, help="First N test images.")] = 100,
     dataset: Annotated[str | None, typer.Option(
         help="Dataset (default: the classifier's).")] = None,
     out: Annotated[str, typer.Option("--out", help="Output folder (cache inside).")] = "bench-out",
     adaptive_steps: Annotated[int, typer.Option(
-        help="BPDA-PGD steps (0: no adaptive column).")] = 40,
+        min=0, help="BPDA-PGD steps (0: no adaptive column).")] = 20,
     adaptive_n: Annotated[int | None, typer.Option(
-        help="Images for the adaptive column (default: all N).")] = None,
+        min=1, help="Images for the adaptive column (default: 50, at most N).")] = 50,
     adaptive_bpd_weight: Annotated[float, typer.Option(
         help="Weight of the bits/dim pull in the adaptive PixelDefend attack.")] = 1.0,
-    restarts: Annotated[int, typer.Option(help="BPDA-PGD random restarts.")] = 1,
+    restarts: Annotated[int, typer.Option(min=1, help="BPDA-PGD random restarts.")] = 1,
     attack_opt: Annotated[list[str] | None, typer.Option(
         "--attack-opt", help="ATTACK.OPTION=VALUE, repeatable (e.g. cw.search_steps=2).")] = None,
     speed: Annotated[bool, typer.Option(
         "--speed", help="Throughput benchmark instead (make bench); --out FILE.json.")] = False,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
     data_dir: DataDir = None,
     seed: Seed = 0,
     devices: Devices = None,
     distributed: Distributed = False,
     json_out: Json = False,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ):
     """Table 1 of the paper: attacks x defences x eps, adaptive BPDA, detection, sanity."""
-    rep = _setup(devices, distributed, quiet, json_out)
     from pxd.commands import bench as bench_cmd
 
+    attack_opts = bench_cmd.parse_attack_opts(attack_opt)
+    rep = _setup(devices, distributed, quiet, json_out, verbose)
     if speed:
         bench_cmd.run_speed(out, density=density, batch_size=batch_size, data_dir=data_dir,
                             rep=rep)
@@ -326,40 +359,120 @@ def bench(
         eps_defend=eps_defend, adaptive_threshold=adaptive_threshold, n=n, dataset=dataset,
         out=out, adaptive_steps=adaptive_steps, adaptive_n=adaptive_n,
         adaptive_bpd_weight=adaptive_bpd_weight, restarts=restarts, seed=seed,
-        batch_size=batch_size, attack_opts=bench_cmd.parse_attack_opts(attack_opt),
-        command=" ".join(sys.argv), data_dir=data_dir, rep=rep,
+        batch_size=batch_size, attack_opts=attack_opts,
+        command=" ".join(["pxd"] + _ARGS), data_dir=data_dir, rep=rep,
     )
 
 
 # --- end bench ---
 
 
-def main() -> None:
-    """Entry point: bad input gives one line on stderr and exit 2, never a traceback."""
+# --------------------------------------------------------------------------- entry point
+
+_NOISY_LOGGERS = ("absl", "jax", "jaxlib", "orbax", "etils", "tensorflow",
+                  "tensorflow_datasets", "matplotlib", "PIL")
+
+
+def quiet_third_party(quiet: bool = True) -> None:
+    """Keep other libraries' log lines and warnings off the terminal unless asked for."""
+    import logging
+    import warnings
+
+    level = logging.ERROR if quiet else logging.NOTSET
+    if quiet:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        warnings.filterwarnings("ignore")
+    else:
+        warnings.resetwarnings()
+    try:  # absl's logger must be absl's own class, so import it before touching it
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR if quiet else absl.logging.INFO)
+        absl.logging._warn_preinit_stderr = False
+    except ImportError:
+        pass
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
+def _class_names(e: BaseException) -> set[str]:
+    return {c.__name__ for c in type(e).__mro__}
+
+
+def _usage_message(e: BaseException) -> str:
+    """One line from a typer/click usage error, whichever version raised it."""
+    fmt = getattr(e, "format_message", None)
+    msg = fmt() if callable(fmt) else str(e)
+    msg = " ".join(str(msg).split()) or "bad usage"
+    ctx = getattr(e, "ctx", None)
+    path = getattr(ctx, "command_path", None) if ctx is not None else None
+    return f"{msg} (see '{path or 'pxd'} --help')"
+
+
+def _command_name(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: bad input gives one line on stderr and exit 2, never a traceback;
+    Ctrl-C gives `pxd: interrupted` and exit 130."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    _ARGS[:] = args
     debug = os.environ.get("PXD_DEBUG") == "1"
+    quiet_third_party(not (debug or "--verbose" in args))
+    cmd = _command_name(args)
+    # Our own exception, not KeyboardInterrupt: typer turns that into a silent exit.
     try:
-        app(standalone_mode=False)
+        old_handler = signal.signal(signal.SIGINT, _raise_interrupted)
+    except ValueError:  # not the main thread: keep Python's KeyboardInterrupt
+        old_handler = None
+    code = 0
+    try:
+        rv = app(args=args, prog_name="pxd", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
     except PxdError as e:
         if debug:
             raise
-        print(f"pxd: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        print("pxd: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as e:  # click usage errors and the unexpected
-        import click
-
-        if isinstance(e, click.exceptions.UsageError):
-            e.show()
-            sys.exit(2)
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if debug:
-            raise
-        print(f"pxd: error: {type(e).__name__}: {e} (set PXD_DEBUG=1 for a traceback)",
-              file=sys.stderr)
-        sys.exit(1)
+        print(f"pxd: error: {' '.join(str(e).split())}", file=sys.stderr)
+        code = 2
+    except (Interrupted, KeyboardInterrupt):
+        hint = _RESUME_HINT.get(cmd or "")
+        print("pxd: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        code = 130
+    except Exception as e:  # typer/click's own exceptions (vendored or not), and the unexpected
+        names = _class_names(e)
+        if "NoArgsIsHelpError" in names:  # bare `pxd`: its help is what was asked for
+            fmt = getattr(e, "format_message", None)
+            print(fmt() if callable(fmt) else str(e), file=sys.stderr)
+            code = 2
+        elif "UsageError" in names:
+            print(f"pxd: error: {_usage_message(e)}", file=sys.stderr)
+            code = 2
+        elif "Abort" in names:
+            print("pxd: interrupted", file=sys.stderr)
+            code = 130
+        elif "Exit" in names:
+            code = int(getattr(e, "exit_code", 0) or 0)
+        elif isinstance(e, OSError):
+            if debug:
+                raise
+            where = f" ({e.filename})" if e.filename else ""
+            print(f"pxd: error: {e.strerror or e}{where}", file=sys.stderr)
+            code = 1
+        elif "ClickException" in names:
+            print(f"pxd: error: {_usage_message(e)}", file=sys.stderr)
+            code = int(getattr(e, "exit_code", 1) or 1)
+        else:
+            if debug:
+                raise
+            print(f"pxd: error: {type(e).__name__}: {' '.join(str(e).split())} "
+                  "(this is a bug; set PXD_DEBUG=1 for a traceback)", file=sys.stderr)
+            code = 1
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+    sys.exit(code)

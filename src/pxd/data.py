@@ -31,8 +31,10 @@ import numpy as np
 from pxd.errors import PxdError
 
 ENV_DATA_DIR = "PXD_DATA_DIR"
-# Where Debian's `dataset-fashion-mnist` installs the idx files; module-level so tests can move it.
+# Where Debian's `dataset-fashion-mnist` installs the idx files; env PXD_FASHION_MNIST_DIR
+# moves it (tests use that to act as a machine without the package).
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
+ENV_FASHION_DIR = "PXD_FASHION_MNIST_DIR"
 
 CIFAR_TARBALL = "cifar-10-binary.tar.gz"
 CIFAR_FOLDER = "cifar-10-batches-bin"
@@ -270,7 +272,7 @@ def _load_local(
         dirs: list[str] = []
         for d in _folders(data_dir):
             dirs += [d, os.path.join(d, "fashion-mnist")]
-        dirs.append(FASHION_MNIST_SYSTEM_DIR)
+        dirs.append(os.environ.get(ENV_FASHION_DIR) or FASHION_MNIST_SYSTEM_DIR)
         img_name, lbl_name = _FASHION_FILES[split]
         for d in dirs:
             searched.append(os.path.join(d, img_name))

@@ -3,3 +3,7 @@
 
 class PxdError(Exception):
     """Bad input or configuration that the user can fix; never a bug."""
+
+
+class Interrupted(BaseException):  # noqa: N818
+    """Ctrl-C (SIGINT): a BaseException so that no `except Exception` swallows it."""

@@ -59,7 +59,24 @@ def read_images(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     )
 
 
+_PICKLE_MAGIC = (b"\x80",)  # protocol 2+ pickles start with PROTO
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK"
+
+
 def _np_load(path: str) -> Any:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise PxdError(f"{path}: cannot read ({_one_line(e)})") from e
+    if not head:
+        raise PxdError(f"{path}: empty file; write it with numpy.save or numpy.savez")
+    if not (head.startswith(_NPY_MAGIC) or head.startswith(_ZIP_MAGIC)
+            or head.startswith(_PICKLE_MAGIC)):
+        kind = "text" if _looks_like_text(head) else "data"
+        raise PxdError(f"{path}: {kind}, not a numpy .npy/.npz file; write it with "
+                       "numpy.save or numpy.savez")
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -71,6 +88,14 @@ def _np_load(path: str) -> Any:
         raise PxdError(f"{path}: not a readable numpy file ({_one_line(e)})") from e
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise PxdError(f"{path}: not a readable numpy file ({_one_line(e)})") from e
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(b >= 32 or b in b"\t\n\r" for b in head)
 
 
 def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -108,6 +133,11 @@ def _check_array(a: Any, where: str) -> np.ndarray:
     if not isinstance(a, np.ndarray):
         raise PxdError(f"{where}: not an array")
     if a.ndim == 3:
+        if a.shape[-1] in (1, 3):
+            raise PxdError(
+                f"{where}: shape {a.shape} looks like one (H,W,C) image; add a batch axis "
+                "(e.g. x[None]) to get (1,H,W,C), or give (N,H,W) for grey images"
+            )
         a = a[..., None]  # (N,H,W) grey
     if a.ndim != 4:
         raise PxdError(
@@ -211,6 +241,49 @@ def _read_folder(folder: str) -> np.ndarray:
     if any(a.shape[2] == 3 for a in images):  # mixed grey and colour: promote grey to RGB
         images = [np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a for a in images]
     return np.stack(images)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def default_output(input_spec: str, tag: str) -> str:
+    """Where a command writes when --out is not given: `in.npz` -> `in.TAG.npz` beside it,
+    a folder `imgs/` -> `imgs.TAG.npz` beside it, a dataset spec -> `cifar10_test_4.TAG.npz`
+    in the current folder."""
+    import re
+
+    spec = os.fspath(input_spec)
+    if os.path.exists(spec):
+        p = os.path.normpath(spec)
+        if os.path.isfile(p):
+            p = os.path.splitext(p)[0]
+        return f"{p}.{tag}.npz"
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", spec).strip("_") or "images"
+    return f"{stem}.{tag}.npz"
+
+
+def check_writable(path: str, option: str = "--out", *, folder: bool = False) -> None:
+    """Raise a one-line PxdError now, before any work, if `path` cannot be written.
+
+    Tries a real file in the nearest existing folder: permission bits say nothing for root,
+    and read-only file systems refuse root too."""
+    p = os.path.abspath(os.fspath(path))
+    if folder and os.path.exists(p) and not os.path.isdir(p):
+        raise PxdError(f"{option} {path}: exists and is not a folder; choose a folder path")
+    if not folder and os.path.isdir(p):
+        raise PxdError(f"{option} {path}: is a folder; give a file name")
+    anc = p if folder else os.path.dirname(p)
+    while not os.path.exists(anc):
+        anc = os.path.dirname(anc)
+    if not os.path.isdir(anc):
+        raise PxdError(f"{option} {path}: {anc} is a file, not a folder; choose another path")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=anc, prefix=".pxd-write-test-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise PxdError(f"{option} {path}: cannot write in {anc} "
+                       f"({e.strerror or _one_line(e)}); choose a writable location") from e
 
 
 # --------------------------------------------------------------------------- atomic writes

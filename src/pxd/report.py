@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -34,15 +37,39 @@ class Reporter:
     def error(self, msg: str) -> None:
         self.err.print(f"[bold red]error:[/] {msg}", soft_wrap=True)
 
+    def done(self, msg: str) -> None:
+        """Where the results went: shown even with --quiet, not with --json."""
+        if not self.json_mode:
+            self.err.print(msg, soft_wrap=True, markup=False)
+
     def table(self, title: str, columns: list[str], rows: list[list]) -> None:
+        """A table; stacked (one block per row) when it would not fit the width, so that
+        no cell is ever cut, in a narrow terminal or a log (80 columns)."""
         if self.json_mode:
             return
+        cells = [[fmt(v) for v in r] for r in rows]
         t = Table(title=title)
-        for i, c in enumerate(columns):
-            t.add_column(c, no_wrap=i == 0)  # row names stay whole (they are copied as args)
-        for r in rows:
-            t.add_row(*[fmt(v) for v in r])
-        self.out.print(t)
+        for c in columns:
+            t.add_column(c, no_wrap=True)
+        for r in cells:
+            t.add_row(*r)
+        width = self.out.width
+        natural = Measurement.get(self.out, self.out.options.update_width(10_000), t).maximum
+        if natural <= width:
+            self.out.print(t)
+            return
+        self.out.print(title, markup=False, soft_wrap=True)
+        for r in cells:
+            self.out.print(r[0], markup=False, soft_wrap=True)
+            line = " "
+            for c, v in zip(columns[1:], r[1:], strict=False):
+                item = f" {c} {v}"
+                if len(line) + len(item) > width and line.strip():
+                    self.out.print(line.rstrip(), markup=False, soft_wrap=True)
+                    line = " "
+                line += item + " "
+            if line.strip():
+                self.out.print(line.rstrip(), markup=False, soft_wrap=True)
 
     def text(self, s: str) -> None:
         if not self.json_mode:
@@ -57,6 +84,10 @@ class Reporter:
         """Yields `advance(n, **fields)`; fields (e.g. bpd, img/s) show beside the bar."""
         if self.quiet:
             yield lambda n=1, **kw: None
+            return
+        if not self.err.is_terminal:  # a log: plain lines, not redraws nobody sees
+            with self._log_progress(description, total) as advance:
+                yield advance
             return
         fields_col = TextColumn("{task.fields[extra]}")
         with Progress(
@@ -76,6 +107,40 @@ class Reporter:
                 prog.update(task, advance=n, extra=extra)
 
             yield advance
+
+
+    @contextmanager
+    def _log_progress(self, description: str, total: int):
+        """A line every PXD_PROGRESS_SECONDS (default 30) and at the end, with an ETA."""
+        every = float(os.environ.get("PXD_PROGRESS_SECONDS", "30"))
+        t0 = last = time.perf_counter()
+        done = [0]
+
+        def line(extra: str) -> None:
+            el = time.perf_counter() - t0
+            k = done[0]
+            eta = f"ETA {hms(el * (total - k) / k)}" if 0 < k < total else (
+                "done" if k >= total else "ETA --")
+            pct = f" ({100 * k / total:.0f}%)" if total else ""
+            self.err.print(f"{description}: {k}/{total}{pct}, {hms(el)} elapsed, {eta}"
+                           + (f", {extra}" if extra else ""), markup=False, soft_wrap=True)
+
+        def advance(n=1, **kw):
+            nonlocal last
+            done[0] += n
+            now = time.perf_counter()
+            if now - last >= every and done[0] < total:
+                last = now
+                line("  ".join(f"{k} {fmt(v)}" for k, v in kw.items()))
+
+        yield advance
+        if total:
+            line("")
+
+
+def hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def fmt(v) -> str:

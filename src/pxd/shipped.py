@@ -46,6 +46,14 @@ def resolve(path: str) -> str:
     return path
 
 
+def not_found_hint(path: str, kind: str) -> str:
+    """For a missing --clf/--density: the shipped names, when `path` looks like one."""
+    if os.path.exists(path) or os.sep in path:
+        return ""
+    names = [e["name"] for e in entries() if e.get("kind") == kind]
+    return f"; no such run dir, and not a shipped {kind} (shipped: {', '.join(names)})"
+
+
 def default_path(kind: str, shape: tuple[int, ...], training: str | None = None,
                  arch: str | None = None) -> str:
     """The shipped default model of `kind` ('density' or 'classifier') for images of `shape`."""

@@ -40,13 +40,15 @@ def load_density(path: str):
     from pxd.config import load_json
     from pxd.data import DATASETS
     from pxd.density import DensityConfig, build_model
-    from pxd.shipped import resolve
+    from pxd.shipped import not_found_hint, resolve
 
     path = resolve(path)
     if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
-        raise PxdError(f"density checkpoint not found: {path} (a run dir of pxd train-density)")
-    if "arch" in checkpoint.read_json(path, "config.json"):
-        raise PxdError(f"{path} is a classifier, not a density model (pass it as --clf)")
+        raise PxdError(f"density checkpoint not found: {path} (a run dir of pxd train-density"
+                       f"){not_found_hint(path, 'density')}")
+    if checkpoint.model_kind(path) == "classifier":
+        raise PxdError(f"{path} is a classifier, not a density model: give it as --clf; "
+                       "--density takes a pxd train-density run or a shipped PixelCNN (pxd zoo)")
     cfg = load_json(DensityConfig, os.path.join(path, "config.json"))
     shape = DATASETS[cfg.dataset].shape
     model = build_model(cfg.model, shape[-1])

@@ -418,11 +418,11 @@ def run_bench(
     defenses: str = "all",
     eps_defend: float = 16,
     adaptive_threshold: float | None = None,
-    n: int = 500,
+    n: int = 100,
     dataset: str | None = None,
     out: str = "bench-out",
-    adaptive_steps: int = 40,
-    adaptive_n: int | None = None,
+    adaptive_steps: int = 20,
+    adaptive_n: int | None = 50,
     adaptive_bpd_weight: float = 1.0,
     restarts: int = 1,
     seed: int = 0,
@@ -463,6 +463,7 @@ def run_bench(
         raise PxdError("--adaptive-n must be positive")
     if dataset is not None and dataset not in DATASETS:
         raise PxdError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
+    imageio.check_writable(out, "--out", folder=True)
 
     models = _load_classifiers(list(clfs) if clfs else [None], dataset)
     dataset = dataset or models[0]["cfg"].dataset
@@ -699,6 +700,10 @@ def run_bench(
     )
     _write_outputs(out, info, x, y, per_image, roc_by_eps, eps_list, rep)
     _print_summary(info, rep)
+    figures = sorted(f for f in os.listdir(out) if f.endswith(".png"))
+    rep.done(f"report: {os.path.join(out, 'report.md')} (full table, detection, checks); "
+             f"figures: {', '.join(os.path.join(out, f) for f in figures)}; "
+             f"per image: {os.path.join(out, 'per_image.csv')}")
     return info
 
 
@@ -719,10 +724,11 @@ def run_speed(out: str, *, density: str | None = None, batch_size: int = 32,
     (a .json path, or OUT/speed.json for a folder)."""
     from pxd.commands.speed import run_bench_speed
 
-    res = run_bench_speed(density=density, batch=batch_size, data_dir=data_dir, rep=rep)
     path = out if out.endswith(".json") else os.path.join(out, "speed.json")
+    imageio.check_writable(path, "--out")
+    res = run_bench_speed(density=density, batch=batch_size, data_dir=data_dir, rep=rep)
     imageio.write_json(path, res)
-    (rep or Reporter(quiet=True)).info(f"speed results written to {path}")
+    (rep or Reporter(quiet=True)).done(f"speed results written to {path}")
     return res
 
 
@@ -838,7 +844,6 @@ def _write_outputs(out: str, info: dict, x, y, per_image: dict, roc_by_eps: dict
     for e, curves in roc_by_eps.items():
         plots.roc_curves(os.path.join(out, f"roc_eps{e}.png"), curves,
                          title=f"bits/dim detector, eps {e} (clean negative)")
-    rep.info(f"report written to {os.path.join(out, 'report.md')}")
 
 
 def _jsonable(o):

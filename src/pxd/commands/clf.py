@@ -127,6 +127,7 @@ def run_train_clf(
                       test_split=spec)
         rep.info(f"test accuracy {result['test_acc']:.4f} on {spec}")
     write_meta({k: v for k, v in result.items() if k != "out"})
+    rep.done(f"trained to step {step}: run saved in {out} (pxd attack/bench --clf {out})")
     rep.json(result)
     return result
 
@@ -134,14 +135,14 @@ def run_train_clf(
 # --------------------------------------------------------------------------- attack
 
 
-def _check_attack_args(attack: str, eps: float, out: str, batch_size: int,
+def _check_attack_args(attack: str, eps: float, out: str | None, batch_size: int,
                        steps: int | None, restarts: int | None) -> dict:
     """Validate everything that needs no file; returns the attack's options."""
     if attack not in attacks.ATTACKS:
         raise PxdError(f"unknown attack '{attack}' (choose from {', '.join(attacks.ATTACKS)})")
     if not 0.0 <= eps <= 255.0:
         raise PxdError(f"--eps-attack must be in [0, 255] (pixel units), got {eps:g}")
-    if not out.endswith(".npz"):
+    if out is not None and not out.endswith(".npz"):
         raise PxdError(f"--out {out}: output must end in .npz")
     if batch_size <= 0:
         raise PxdError("--batch-size must be positive")
@@ -163,11 +164,11 @@ def _check_attack_args(attack: str, eps: float, out: str, batch_size: int,
 
 def run_attack(
     input: str,
-    clf: str,
+    clf: str | None = None,
     *,
     attack: str = "fgsm",
     eps: float = 8.0,
-    out: str = "adv.npz",
+    out: str | None = None,
     batch_size: int = 100,
     steps: int | None = None,
     restarts: int | None = None,
@@ -180,19 +181,26 @@ def run_attack(
     INPUT is a dataset spec (labels from it) or an image file/folder (labels from the file
     if it has them, else the classifier's clean predictions). The npz holds `x` (adversarial
     uint8, so `read_images` picks them up), `y` (labels used), `x_clean`, `pred_clean` and
-    `pred_adv`. Every check runs before anything is written.
+    `pred_adv`; by default beside the input. `clf` None: the zoo's default classifier for
+    the images' shape. Every check runs before the attack.
     """
+    from pxd import shipped as zoo
     from pxd.data import DATASETS
 
     rep = rep or Reporter(quiet=True)
     opts = _check_attack_args(attack, eps, out, batch_size, steps, restarts)
-    model, variables, cfg, _ = load_classifier(clf)
-    if data.is_dataset_spec(input):
+    if data.is_dataset_spec(input) and not os.path.exists(input):
         x, y = data.load(input, data_dir)
         label_source = "dataset"
     else:
         x, y = imageio.read_images(input)
         label_source = "file" if y is not None else "predicted"
+    if out is None:
+        out = imageio.default_output(input, f"{attack}-eps{eps:g}")
+    imageio.check_writable(out, "--out")
+    if clf is None:
+        clf = zoo.default_path("classifier", tuple(x.shape[1:]))
+    model, variables, cfg, _ = load_classifier(clf)
     info = DATASETS[cfg.dataset]
     if tuple(x.shape[1:]) != tuple(info.shape):
         raise PxdError(f"{input}: images of shape {tuple(x.shape[1:])}, but the classifier "
@@ -238,5 +246,6 @@ def run_attack(
         ["L2 mean / max", f"{result['l2_mean']:.4g} / {result['l2_max']:.4g}"],
         ["seconds", seconds], ["images/s", result["images_per_s"]], ["output", out],
     ])
+    rep.done(f"attacked {n} image{'s' * (n != 1)}: wrote {out}")
     rep.json(result)
     return result

@@ -44,7 +44,7 @@ def _job_id(x: np.ndarray, settings: dict) -> str:
 
 def run_purify(
     input_spec: str,
-    out: str,
+    out: str | None = None,
     *,
     eps: float = 16,
     method: str = "pixeldefend",
@@ -60,12 +60,19 @@ def run_purify(
     rep = rep or Reporter(quiet=True)
     if method not in METHODS:
         raise PxdError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    if out is None:
+        out = imageio.default_output(input_spec, "purified")
     if not out.endswith(".npz"):
         raise PxdError(f"--out must name a .npz file, got {out}")
     e = check_eps(eps)
     if chunk < 1 or batch_size < 1:
         raise PxdError("--chunk and --batch-size must be positive")
+    if grid is not None and not grid.lower().endswith(".png"):
+        raise PxdError(f"--grid must name a .png file, got {grid}")
     x, y = load_input(input_spec, data_dir)
+    imageio.check_writable(out, "--out")
+    if grid is not None:
+        imageio.check_writable(grid, "--grid")
     need_density = method == "pixeldefend" or density is not None
     model = params = None
     dpath = None
@@ -156,5 +163,7 @@ def run_purify(
         imageio.write_grid(grid, [x[:16], xp[:16]])
     shutil.rmtree(part_dir, ignore_errors=True)
     rep.table("purify", ["quantity", "value"], [[k, v] for k, v in summary.items()])
+    rep.done(f"purified {n} image{'s' * (n != 1)}: wrote {out}"
+             + (f" and {grid}" if grid is not None else ""))
     rep.json(summary)
     return summary

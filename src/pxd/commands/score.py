@@ -36,6 +36,12 @@ def run_score(
     rep = rep or Reporter(quiet=True)
     if not inputs:
         raise PxdError("give at least one INPUT (file, folder or dataset spec)")
+    if batch_size < 1:
+        raise PxdError(f"--batch-size must be positive, got {batch_size}")
+    if plot_dir is not None:
+        from pxd import imageio
+
+        imageio.check_writable(plot_dir, "--plot", folder=True)
     sets = {name: load_input(name, data_dir)[0] for name in inputs}
     shapes = {x.shape[1:] for x in sets.values()}
     if len(shapes) != 1:
@@ -82,6 +88,6 @@ def run_score(
         if curves:
             plots.roc_curves(os.path.join(plot_dir, "roc.png"), curves,
                              title="BPD detector (reference negative)")
-        rep.info(f"plots written to {plot_dir}")
+        rep.done(f"plots written to {plot_dir}")
     rep.json(result)
     return result

@@ -1,0 +1,132 @@
+"""Interruptions lose nothing: a real SIGINT (Ctrl-C), then a SIGKILL of the resumed run,
+then `--resume` (or, for the bench, the same command again) gives what an uninterrupted run
+gives. Smoke scale; each command is signalled as soon as its first piece of work is saved."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+PXD = [sys.executable, "-m", "pxd"]
+ENV = dict(os.environ, JAX_NUM_CPU_DEVICES="2", PXD_PROGRESS_SECONDS="0")
+
+
+def run(args):
+    r = subprocess.run(PXD + args, capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def interrupt(args, ready, sig, timeout=300):
+    """Start `pxd ARGS`, send `sig` once `ready()` holds; returns (exit code, stderr)."""
+    p = subprocess.Popen(PXD + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True, env=ENV)
+    t0 = time.monotonic()
+    try:
+        while not ready():
+            if p.poll() is not None:
+                pytest.fail(f"ended (rc {p.returncode}) before it could be interrupted: "
+                            f"{p.stderr.read()}")
+            if time.monotonic() - t0 > timeout:
+                pytest.fail("never got ready to be interrupted")
+            time.sleep(0.02)
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.returncode, err
+
+
+def check_sigint(code, err):
+    assert code == 130, err
+    assert err.strip().splitlines()[-1].startswith("pxd: interrupted"), err
+    assert "Traceback" not in err
+
+
+def latest(run_dir):
+    try:
+        with open(os.path.join(run_dir, "ckpt", "LATEST")) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.fixture(scope="module")
+def cifar():
+    from test_data import cifar_dir
+
+    return cifar_dir()
+
+
+pytestmark = pytest.mark.slow  # subprocesses: about a minute each on 2 cores
+
+
+@pytest.mark.parametrize("cmd,extra", [
+    ("train-density", []),
+    ("train-clf", ["--arch", "vgg"]),
+])
+def test_training_survives_sigint_and_sigkill(cmd, extra, cifar, tmp_path):
+    args = [cmd, "--preset", "smoke", "--steps", "60", "--data-dir", cifar, "--json", *extra]
+    ref = json.loads(run(args + ["--out", str(tmp_path / "ref")]).stdout)
+    out = str(tmp_path / "run")
+    check_sigint(*interrupt(args + ["--out", out], lambda: latest(out) >= 10, signal.SIGINT))
+    first = latest(out)
+    assert 10 <= first < 60
+    code, _ = interrupt(args + ["--out", out, "--resume"], lambda: latest(out) > first,
+                        signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert latest(out) < 60
+    res = json.loads(run(args + ["--out", out, "--resume"]).stdout)
+    assert res["step"] == ref["step"] == 60
+    assert res["digest"] == ref["digest"]  # bit-identical parameters
+
+
+def test_purify_survives_sigint_and_sigkill(tmp_path):
+    x = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "in.npz", x=x)
+    src = str(tmp_path / "in.npz")
+    args = ["purify", src, "--eps", "4", "--chunk", "1"]
+    out = str(tmp_path / "out.npz")
+    chunks = lambda: glob.glob(out + ".partial/chunk_*.npz")  # noqa: E731
+    check_sigint(*interrupt(args + ["--out", out], lambda: len(chunks()) >= 1, signal.SIGINT))
+    done = len(chunks())
+    assert 1 <= done < 5 and not os.path.exists(out)
+    code, _ = interrupt(args + ["--out", out, "--resume"], lambda: len(chunks()) > done,
+                        signal.SIGKILL)
+    assert code == -signal.SIGKILL and not os.path.exists(out)
+    run(args + ["--out", out, "--resume"])
+    run(["purify", src, "--eps", "4", "--out", str(tmp_path / "ref.npz")])
+    with np.load(out) as a, np.load(tmp_path / "ref.npz") as b:
+        assert np.array_equal(a["x"], b["x"]) and np.array_equal(a["x_input"], x)
+        assert np.abs(a["x"].astype(int) - x.astype(int)).max() <= 4
+    assert not os.path.exists(out + ".partial")
+
+
+def test_bench_survives_sigint_and_sigkill(cifar, tmp_path):
+    args = ["bench", "--attack", "fgsm,bim", "--eps-attack", "8", "--n", "4",
+            "--defense", "none,feature-squeeze", "--adaptive-steps", "1", "--adaptive-n", "2",
+            "--data-dir", cifar, "--batch-size", "4"]
+    out = str(tmp_path / "b")
+    cached = lambda: glob.glob(os.path.join(out, "cache", "*.npz"))  # noqa: E731
+    check_sigint(*interrupt(args + ["--out", out], lambda: len(cached()) >= 1, signal.SIGINT))
+    n1 = len(cached())
+    code, _ = interrupt(args + ["--out", out], lambda: len(cached()) > n1, signal.SIGKILL)
+    assert code == -signal.SIGKILL and not os.path.exists(os.path.join(out, "report.md"))
+    run(args + ["--out", out])
+    run(args + ["--out", str(tmp_path / "ref")])
+    with open(os.path.join(out, "results.json")) as f:
+        got = json.load(f)
+    with open(tmp_path / "ref" / "results.json") as f:
+        ref = json.load(f)
+    assert got["rows"] == ref["rows"] and got["detection"] == ref["detection"]
+    assert sum(v["hits"] for v in got["cache"].values()) >= n1  # the cache was reused
