@@ -12,6 +12,7 @@ for the images' shape. Bad input raises `pxd.PxdError` with the CLI's one-line m
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -224,10 +225,11 @@ def _clf_for(clf, x_shape) -> Classifier:
     return c
 
 
-def bits_per_dim(images, *, density: Density | str | None = None,
-                 batch_size: int = 64) -> np.ndarray:
+def bits_per_dim(images, *, density: Density | str | None = None, batch_size: int = 64,
+                 on_batch: Callable[[int], Any] | None = None) -> np.ndarray:
     """Bits/dim of each image under the PixelCNN, float32 (N,): the paper's detection
-    score (adversarial images score higher)."""
+    score (adversarial images score higher). `on_batch(k)` is called after each batch of
+    k images (progress)."""
     from pxd import devices
     from pxd.density import make_bpd_fn
 
@@ -235,40 +237,57 @@ def bits_per_dim(images, *, density: Density | str | None = None,
     _check_batch(batch_size)
     d = _density_for(density, x.shape[1:])
     fn = make_bpd_fn(d.model)
-    return np.asarray(devices.map_batches(lambda xb: fn(d.params, xb), (x,), batch_size))
+    return np.asarray(devices.map_batches(lambda xb: fn(d.params, xb), (x,), batch_size,
+                                          on_batch=on_batch))
 
 
-def purify(images, eps: float = 16, *, density: Density | str | None = None,
-           adaptive_threshold: float | None = None, batch_size: int = 32) -> np.ndarray:
+def purify(images, eps=16, *, density: Density | str | None = None,
+           adaptive_threshold: float | None = None, batch_size: int = 32,
+           on_batch: Callable[[int], Any] | None = None) -> np.ndarray:
     """PixelDefend (Algorithm 1): each sub-pixel in raster order becomes the most likely
     value under the PixelCNN within `eps` of its original value (ties to the lowest).
 
-    With `adaptive_threshold` (bits/dim), images scoring at or below it are returned
-    unchanged (adaptive PixelDefend). Returns uint8 (N, H, W, C), inside the eps-ball.
+    `eps` is one number or one per image (N,). With `adaptive_threshold` (bits/dim),
+    images scoring at or below it are returned unchanged (adaptive PixelDefend).
+    Returns uint8 (N, H, W, C), inside the eps-ball. `on_batch(k)`: progress.
     """
-    from pxd.commands.purify import purify_array
+    from pxd import devices
+    from pxd.core.purify import make_purifier
 
     x = _images(images)
-    e = _eps(eps)
+    if np.ndim(eps) == 0:
+        per_image = np.full(len(x), _eps(eps), np.int32)
+    else:
+        e_arr = np.asarray(eps)
+        if e_arr.shape != (len(x),):
+            raise PxdError(f"eps: {e_arr.shape} values for {len(x)} images; give one number "
+                           "or one per image")
+        per_image = np.array([_eps(v.item()) for v in e_arr], np.int32)
+    e = int(per_image.max())
     _check_batch(batch_size)
     d = _density_for(density, x.shape[1:])
-    per_image = np.full(len(x), e, np.int32)
     if adaptive_threshold is not None:
         if not isinstance(adaptive_threshold, int | float | np.integer | np.floating):
             raise PxdError(f"adaptive_threshold must be a number (bits/dim), "
                            f"got {adaptive_threshold!r}")
         bpd = bits_per_dim(x, density=d)
-        per_image = np.where(bpd > adaptive_threshold, e, 0).astype(np.int32)
-    return np.asarray(purify_array(d.model, d.params, x, per_image, max_eps=e,
-                                   batch_size=batch_size))
+        per_image = np.where(bpd > adaptive_threshold, per_image, 0).astype(np.int32)
+    if e == 0 or not np.any(per_image > 0):
+        if on_batch is not None:
+            on_batch(len(x))
+        return x.copy()
+    fn = make_purifier(d.model, "auto", max_eps=e)
+    return np.asarray(devices.map_batches(lambda xb, eb: fn(d.params, xb, eb),
+                                          (x, per_image), batch_size, on_batch=on_batch))
 
 
 def feature_squeeze(images) -> np.ndarray:
     """Feature squeezing as in the paper's Appendix C: 5-bit colour depth, then a 2x2
     median filter. uint8 in and out."""
-    from pxd.commands.purify import squeeze_array
+    from pxd import devices
+    from pxd.core.purify import feature_squeeze_jit
 
-    return np.asarray(squeeze_array(_images(images)))
+    return np.asarray(devices.map_batches(feature_squeeze_jit, (_images(images),), 256))
 
 
 def attack(images, labels, name: str = "bim", *, eps: float = 8,

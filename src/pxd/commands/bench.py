@@ -439,10 +439,9 @@ def run_bench(
     adaptive_threshold None: mean clean bits/dim of 256 test images disjoint from the
     evaluated ones (the last of the split) + 0.2, the paper's margin (3.2 vs 3.0).
     """
-    from pxd import adaptive, data
+    from pxd import adaptive, api, data
     from pxd.classify import predict
     from pxd.commands.density import evaluate_bpd
-    from pxd.commands.purify import squeeze_array
     from pxd.core.purify import make_purifier
     from pxd.data import DATASETS
     from pxd.density import make_bpd_fn
@@ -540,7 +539,7 @@ def run_bench(
         if d == "none":
             return xs
         if d == "feature-squeeze":
-            return squeeze_array(xs, batch_size)
+            return api.feature_squeeze(xs)
         if d == "pixeldefend":
             return purified(xs, label)
         over = bpd_of(xs) > threshold  # adaptive: purify only the unlikely images

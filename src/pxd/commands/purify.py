@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from pxd import devices, imageio
+from pxd import imageio
 from pxd.commands.common import check_eps, load_input, resolve_density
 from pxd.errors import PxdError
 from pxd.report import Reporter
@@ -18,22 +18,12 @@ from pxd.report import Reporter
 METHODS = ("pixeldefend", "feature-squeeze")
 
 
-def purify_array(model, params, x: np.ndarray, eps: np.ndarray, *, max_eps: int,
-                 batch_size: int = 32, on_batch=None, method: str = "auto") -> np.ndarray:
-    """Purify uint8 images with per-image eps (N,), sharded in batches."""
-    from pxd.core.purify import make_purifier
+def purify_array(density, x: np.ndarray, eps: np.ndarray, *, batch_size: int = 32,
+                 on_batch=None) -> np.ndarray:
+    """One chunk through the public API (the CLI and library users share one path)."""
+    from pxd import api
 
-    if max_eps == 0 or not np.any(eps > 0):
-        return x.copy()
-    fn = make_purifier(model, method, max_eps=max_eps)
-    return devices.map_batches(lambda xb, eb: fn(params, xb, eb),
-                               (x, eps.astype(np.int32)), batch_size, on_batch=on_batch)
-
-
-def squeeze_array(x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    from pxd.core.purify import feature_squeeze_jit
-
-    return devices.map_batches(feature_squeeze_jit, (x,), batch_size)
+    return api.purify(x, eps, density=density, batch_size=batch_size, on_batch=on_batch)
 
 
 def _job_id(x: np.ndarray, settings: dict) -> str:
@@ -74,10 +64,12 @@ def run_purify(
     if grid is not None:
         imageio.check_writable(grid, "--grid")
     need_density = method == "pixeldefend" or density is not None
-    model = params = None
-    dpath = None
+    from pxd import api
+
+    dens = dpath = None
     if need_density:
-        model, params, _, _, dpath = resolve_density(density, x.shape[1:])
+        model, params, dcfg, dmeta, dpath = resolve_density(density, x.shape[1:])
+        dens = api.Density(model, params, dcfg, dpath, dmeta)
     if adaptive_threshold is not None and method != "pixeldefend":
         raise PxdError("--adaptive-threshold applies to --method pixeldefend only")
 
@@ -100,8 +92,6 @@ def run_purify(
     os.makedirs(part_dir, exist_ok=True)
     imageio.write_json(os.path.join(part_dir, "job.json"), {"job": job, **settings})
 
-    from pxd.commands.score import score_bpd
-
     n = len(x)
     t0 = time.perf_counter()
     done_imgs = 0
@@ -114,19 +104,18 @@ def run_purify(
                 continue
             tc = time.perf_counter()
             bpd_before = bpd_after = None
-            if model is not None:
-                bpd_before = score_bpd(model, params, xc, Reporter(quiet=True), "in")
+            if dens is not None:
+                bpd_before = api.bits_per_dim(xc, density=dens)
             if method == "feature-squeeze":
-                xp = squeeze_array(xc)
+                xp = api.feature_squeeze(xc)
                 eps_used = np.zeros(len(xc), np.int32)
             else:
                 eps_used = np.full(len(xc), e, np.int32)
                 if adaptive_threshold is not None:
                     eps_used = np.where(bpd_before > adaptive_threshold, e, 0).astype(np.int32)
-                xp = purify_array(model, params, xc, eps_used, max_eps=e,
-                                  batch_size=batch_size)
-            if model is not None:
-                bpd_after = score_bpd(model, params, xp, Reporter(quiet=True), "out")
+                xp = purify_array(dens, xc, eps_used, batch_size=batch_size)
+            if dens is not None:
+                bpd_after = api.bits_per_dim(xp, density=dens)
             arrays = {"x": xp, "eps": eps_used}
             if bpd_before is not None:
                 arrays.update(bpd_before=bpd_before, bpd_after=bpd_after)

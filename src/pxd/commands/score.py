@@ -8,19 +8,18 @@ import numpy as np
 
 from pxd import metrics
 from pxd.commands.common import load_input, resolve_density
-from pxd.density import make_bpd_fn
 from pxd.errors import PxdError
 from pxd.report import Reporter
 
 
-def score_bpd(model, params, x: np.ndarray, rep: Reporter, label: str,
+def score_bpd(density, x: np.ndarray, rep: Reporter, label: str,
               batch_size: int = 64) -> np.ndarray:
-    bpd_fn = make_bpd_fn(model)
-    from pxd import devices
+    """Bits/dim through the public API, with a progress bar."""
+    from pxd import api
 
     with rep.progress(f"bits/dim {label}", total=len(x)) as advance:
-        return devices.map_batches(lambda xb: bpd_fn(params, xb), (x,), batch_size,
-                                   on_batch=lambda k: advance(k))
+        return api.bits_per_dim(x, density=density, batch_size=batch_size,
+                                on_batch=lambda k: advance(k))
 
 
 def run_score(
@@ -46,13 +45,16 @@ def run_score(
     shapes = {x.shape[1:] for x in sets.values()}
     if len(shapes) != 1:
         raise PxdError(f"inputs have different image shapes: {sorted(shapes)}")
+    from pxd import api
+
     model, params, cfg, meta, dpath = resolve_density(density, next(iter(shapes)))
+    dens = api.Density(model, params, cfg, dpath, meta)
     ref_bpd = None
     if reference is not None:
         xr, _ = load_input(reference, data_dir)
         if xr.shape[1:] != next(iter(shapes)):
             raise PxdError(f"reference images are {xr.shape[1:]}, inputs {next(iter(shapes))}")
-        ref_bpd = score_bpd(model, params, xr, rep, "reference", batch_size)
+        ref_bpd = score_bpd(dens, xr, rep, "reference", batch_size)
     result = {"density": dpath, "inputs": {}}
     if ref_bpd is not None:
         result["reference"] = dict(metrics.summary(ref_bpd), spec=reference)
@@ -60,7 +62,7 @@ def run_score(
     if ref_bpd is not None:
         hists[f"reference {reference}"] = ref_bpd.tolist()
     for name, x in sets.items():
-        bpd = score_bpd(model, params, x, rep, name, batch_size)
+        bpd = score_bpd(dens, x, rep, name, batch_size)
         entry = dict(metrics.summary(bpd), bpd=[float(b) for b in bpd])
         hists[name] = bpd.tolist()
         row = [name, entry["n"], entry["mean"], entry["median"], entry["q05"], entry["q95"]]

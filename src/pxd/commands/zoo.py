@@ -58,12 +58,14 @@ def run_zoo_export(run_dir: str, name: str, *, default: bool, command: str,
             "machine": meta.get("machine"), "train_command": command,
             "measured": time.strftime("%Y-%m-%d"), "measured_on": machine()}
     if kind == "density":
+        from pxd.api import Density
         from pxd.commands.score import score_bpd
         from pxd.store import load_density
 
-        model, params, cfg, _ = load_density(run_dir)
+        model, params, cfg, meta = load_density(run_dir)
         x, _ = data.load(f"{cfg.dataset}:test", data_dir)
-        bpd = score_bpd(model, params, x, rep, f"{cfg.dataset} test")
+        bpd = score_bpd(Density(model, params, cfg, run_dir, meta), x, rep,
+                        f"{cfg.dataset} test")
         card.update(dataset=cfg.dataset, preset=cfg.preset, test_bpd=float(np.mean(bpd)),
                     n_test=len(x), what=f"PixelCNN++ ({cfg.preset})")
     else:
