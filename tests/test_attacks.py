@@ -266,3 +266,77 @@ def test_adversarial_batch_rejects_other_methods():
             method="cw",
             key=jax.random.key(0),
         )
+
+
+# --------------------------------------------------------------------------- host-driven loops
+
+
+def _conv_logits_fn():
+    """A small random conv net: the host loops must match the lax loops on convolutions."""
+    rng = np.random.default_rng(7)
+    k1 = jnp.asarray(rng.normal(0, 0.3, (3, 3, 1, 4)), jnp.float32)
+    w = jnp.asarray(rng.normal(0, 0.1, (8 * 8 * 4, K)), jnp.float32)
+
+    def logits_fn(x):
+        h = jax.lax.conv_general_dilated(x / 127.5 - 1.0, k1, (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.tanh(h).reshape(x.shape[0], -1) @ w
+
+    return logits_fn
+
+
+HOST_OPTS = {
+    "bim": {},
+    "pgd": {"restarts": 2, "steps": 7},
+    "deepfool": {"max_iter": 6},
+    "cw": {"search_steps": 3, "max_iterations": 30, "initial_const": 100.0},
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOST_OPTS))
+@pytest.mark.parametrize("model", ["mlp", "conv"])
+def test_host_loop_equals_lax_loop(name, model):
+    # Called on concrete arrays an attack drives its loop from Python over jitted chunks;
+    # under jit it is the lax loop the attacks used before. Every iterate must agree.
+    logits_fn = _trained_logits_fn() if model == "mlp" else _conv_logits_fn()
+    attack, opts = ATTACKS[name], HOST_OPTS[name]
+    x, y = _batch(8)
+    eps = jnp.asarray([0.0, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 16.0], jnp.float32)
+    key = jax.random.key(4)
+    host = attack(logits_fn, x, y, eps=eps, key=key, **opts)
+    lax_loop = jax.jit(lambda x, y, e, k: attack(logits_fn, x, y, eps=e, key=k, **opts))
+    np.testing.assert_array_equal(host, lax_loop(x, y, eps, key))
+    assert np.any(np.asarray(host) != x)
+
+
+def test_host_loop_raw_floats_match_lax_loop():
+    # The continuous iterates (DeepFool's r_tot, CW's tanh-space Adam) agree to float32
+    # rounding, not bit for bit: XLA fuses a loop body and a standalone chunk differently
+    # (reduction order), a few ulps apart. The attacks' integer outputs are equal (above,
+    # and on the shipped ResNet-14 for 20 test images at eps 2 and 8).
+    logits_fn = _conv_logits_fn()
+    x, y = _batch(8)
+    xf = x.astype(np.float32)
+    for fn, opts in ((deepfool_raw, {"max_iter": 6}), (cw_raw, HOST_OPTS["cw"])):
+        host = np.asarray(fn(logits_fn, xf, y, **opts))
+        traced = jax.jit(lambda a, b, fn=fn, opts=opts: fn(logits_fn, a, b, **opts))(xf, y)
+        np.testing.assert_allclose(host, np.asarray(traced), rtol=1e-6, atol=0)
+        np.testing.assert_array_equal(np.round(host), np.round(np.asarray(traced)))
+
+
+def test_bim_bounded_unroll_equals_while_loop():
+    # adversarial training's BIM unrolls a static bound of steps under jit (masked past
+    # each example's own count) instead of a while_loop: the same images
+    logits_fn = _conv_logits_fn()
+    x, y = _batch(6)
+    eps = jnp.asarray([0.0, 1.0, 2.7, 4.0, 8.0, 16.0], jnp.float32)
+    loop = jax.jit(lambda e: bim(logits_fn, x, y, eps=e))(eps)
+    unrolled = jax.jit(lambda e: bim(logits_fn, x, y, eps=e, max_steps=20))(eps)
+    np.testing.assert_array_equal(loop, unrolled)
+
+
+def test_chunks():
+    from pxd.attacks import _chunks
+
+    assert _chunks(0) == [] and _chunks(2) == [2] and _chunks(7, 4) == [4, 2, 1]
+    assert _chunks(10, 4) == [4, 4, 2] and sum(_chunks(50, 4)) == 50

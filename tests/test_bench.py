@@ -180,6 +180,33 @@ def test_bpda_pgd_bounds_and_strength():
     assert np.all(pred[-2:] != y[-2:])  # a large budget breaks the defended linear model
 
 
+def test_bpda_host_loop_equals_lax_loop():
+    # on concrete arrays the step loop runs on the host (a network in a lax loop body is
+    # slow on CPU); under jit it is the lax loop: the same images, early stop on or off
+    rng = np.random.default_rng(2)
+    w = jnp.asarray(rng.normal(size=(48, 3)), jnp.float32)
+
+    def logits_fn(z):
+        return (z.reshape(z.shape[0], -1) / 127.5 - 1.0) @ w
+
+    x = rng.integers(0, 256, (6, 4, 4, 3)).astype(np.uint8)
+    y = np.asarray(jnp.argmax(logits_fn(jnp.asarray(x, jnp.float32)), -1))
+    eps = jnp.asarray([0, 1, 2, 4, 8, 64], jnp.float32)
+    for early, clean_first in ((True, False), (False, True)):
+        oracle = adaptive.ce_oracle(logits_fn, lambda z: jnp.round(z / 8.0) * 8.0)
+        kw = dict(steps=6, restarts=2, early_stop=early, clean_first=clean_first)
+        host = adaptive.bpda_pgd(oracle, x, y, eps=eps, key=jax.random.key(1), **kw)
+        lax_loop = jax.jit(lambda xx, yy, ee, k, kw=kw, oracle=oracle: adaptive.bpda_pgd(
+            oracle, xx, yy, eps=ee, key=k, **kw))(x, y, eps, jax.random.key(1))
+        np.testing.assert_array_equal(host, lax_loop)
+    for name in ("none", "feature-squeeze"):
+        attack = adaptive.make_bpda_attack(name, steps=5, restarts=2)
+        lf = jax.tree_util.Partial(logits_fn)
+        host = attack(lf, None, x, y, eps, jax.random.key(2))
+        traced = jax.jit(attack)(lf, None, x, y, eps, jax.random.key(2))
+        np.testing.assert_array_equal(host, traced)
+
+
 def test_bpda_early_stop_fools_the_same_images():
     rng = np.random.default_rng(1)
     w = jnp.asarray(rng.normal(size=(48, 3)), jnp.float32)

@@ -30,6 +30,10 @@ attack is pulled below T, where the classifier is undefended. The first restart 
 itself rather than at random noise, since noise alone lifts the bits/dim far above T.
 
 All functions are pure and jittable; results stay integral, inside the eps-ball and [0, 255].
+Called on concrete arrays, `bpda_pgd` and `make_bpda_attack`'s attack drive the step loop
+from the host over a jitted step, checking the early stop between steps: a network in a
+`lax` loop body is ~8x slower on CPU (see `pxd.attacks`). Under an outer jit the same
+iterates come from `lax` loops.
 """
 
 from __future__ import annotations
@@ -41,12 +45,21 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pxd.attacks import budget, finish, pgd_step_size, project, uniform_int_noise, xent
+from pxd.attacks import (
+    budget,
+    finish,
+    pgd_step_size,
+    project,
+    traced,
+    uniform_int_noise,
+    xent,
+)
 from pxd.likelihood import bits_per_dim
 
 Defence = Callable[[jax.Array], jax.Array]  # float32 integral images -> float32 images
 # oracle(x, y) -> (ascent direction (N,H,W,C), loss (N,), misclassified (N,) bool)
 Oracle = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+_DEFENCES = ("none", "feature-squeeze", "pixeldefend", "adaptive-pixeldefend")
 
 
 # --------------------------------------------------------------------------- BPDA
@@ -196,18 +209,22 @@ def bpda_pgd(oracle: Oracle, x, y, *, eps, key: jax.Array, steps: int = 40,
     the loops end once every image of the batch is misclassified: which images are fooled is
     the same as without it; the example kept per image may be an earlier iterate.
     """
-    x0 = jnp.asarray(x).astype(jnp.float32)
-    y = jnp.asarray(y).astype(jnp.int32)
-    n = x0.shape[0]
-    e = budget(eps, n)
-    a = pgd_step_size(e, alpha)
+    if not traced(x, y, eps, key):
+        def update(s, x0, y, e, a):
+            return bpda_update(oracle, s, x0, y, e, a)
+
+        def judge(s, y):
+            return _judge(oracle, s, y)
+
+        return _bpda_pgd_host(jax.jit(update), jax.jit(judge), x, y, eps=eps, key=key,
+                              steps=steps, alpha=alpha, restarts=restarts,
+                              random_start=random_start, clean_first=clean_first,
+                              early_stop=early_stop)
+    x0, y, e, a = _setup(x, y, eps, alpha)
 
     def restart(state, inp):
         k, r = inp
-        noisy = x0 + uniform_int_noise(k, x0.shape, e)
-        use_noise = random_start & ~(clean_first & (r == 0))
-        start = project(jnp.where(use_noise, noisy, x0), x0, e)
-        state = state._replace(x_adv=start)
+        state = state._replace(x_adv=_start(x0, e, k, random_start & ~(clean_first & (r == 0))))
         first = state.step
 
         def running(s: BPDAState):
@@ -215,17 +232,55 @@ def bpda_pgd(oracle: Oracle, x, y, *, eps, key: jax.Array, steps: int = 40,
             return (s.step - first < steps) & ~(early_stop & jnp.all(s.best_wrong))
 
         state = lax.while_loop(running, lambda s: bpda_update(oracle, s, x0, y, e, a), state)
-
-        def judge_last(s: BPDAState) -> BPDAState:
-            _, loss, wrong = oracle(s.x_adv, y)
-            return _record(s, s.x_adv, loss, wrong)
-
         done = early_stop & jnp.all(state.best_wrong)
-        return lax.cond(done, lambda s: s, judge_last, state), None
+        return lax.cond(done, lambda s: s, lambda s: _judge(oracle, s, y), state), None
 
     r = max(1, int(restarts))
     final, _ = lax.scan(restart, bpda_init(x0), (jax.random.split(key, r), jnp.arange(r)))
     return finish(final.best_x, x0, e)
+
+
+def _setup(x, y, eps, alpha):
+    x0 = jnp.asarray(x).astype(jnp.float32)
+    e = budget(eps, x0.shape[0])
+    return x0, jnp.asarray(y).astype(jnp.int32), e, pgd_step_size(e, alpha)
+
+
+def _start(x0, e, k, use_noise):
+    noisy = x0 + uniform_int_noise(k, x0.shape, e)
+    return project(jnp.where(use_noise, noisy, x0), x0, e)
+
+
+def _judge(oracle: Oracle, s: BPDAState, y) -> BPDAState:
+    """Record the last iterate, which no update has judged yet."""
+    _, loss, wrong = oracle(s.x_adv, y)
+    return _record(s, s.x_adv, loss, wrong)
+
+
+_setup_jit = jax.jit(_setup, static_argnums=3)
+_start_jit = jax.jit(_start, static_argnums=3)
+_init_jit = jax.jit(bpda_init)
+_finish_jit = jax.jit(finish)
+
+
+def _bpda_pgd_host(update, judge, x, y, *, eps, key, steps, alpha, restarts, random_start,
+                   clean_first, early_stop) -> jax.Array:
+    """`bpda_pgd` with the loops on the host: `update(state, x0, y, e, a)` and
+    `judge(state, y)` are jitted; the same iterates as the traced loops."""
+    x0, y, e, a = _setup_jit(x, y, eps, alpha)
+    r = max(1, int(restarts))
+    keys = jax.random.split(key, r)
+    state = _init_jit(x0)
+    for i in range(r):
+        state = state._replace(x_adv=_start_jit(x0, e, keys[i],
+                                                random_start and not (clean_first and i == 0)))
+        for _ in range(steps):
+            if early_stop and bool(jnp.all(state.best_wrong)):
+                break
+            state = update(state, x0, y, e, a)
+        if not (early_stop and bool(jnp.all(state.best_wrong))):
+            state = judge(state, y)
+    return _finish_jit(state.best_x, x0, e)
 
 
 # --------------------------------------------------------------------------- glue
@@ -235,7 +290,8 @@ def make_bpda_attack(defence_name: str, *, density_model=None, purify: Callable 
                      eps_defend: int = 16, threshold: float | None = None,
                      bpd_weight: float = 1.0, steps: int = 40, alpha: float | None = None,
                      restarts: int = 1) -> Callable:
-    """Jitted `attack(logits_fn, density_params, x, y, eps, key) -> uint8` for one defence.
+    """`attack(logits_fn, density_params, x, y, eps, key) -> uint8` for one defence: jitted
+    steps driven from the host on concrete arrays, one jitted program when traced.
 
     defence_name: none (plain PGD), feature-squeeze, pixeldefend or adaptive-pixeldefend.
     `logits_fn` is a pytree (e.g. `classify.make_logits_fn`), so its variables and the
@@ -246,25 +302,48 @@ def make_bpda_attack(defence_name: str, *, density_model=None, purify: Callable 
         raise ValueError(f"{defence_name} needs a purifier")
     if defence_name == "adaptive-pixeldefend" and threshold is None:
         raise ValueError("adaptive-pixeldefend needs a threshold")
+    if defence_name not in _DEFENCES:
+        raise ValueError(f"unknown defence {defence_name!r}")
 
-    def run(logits_fn, dparams, x, y, eps, key):
-        clean_first = False
+    def oracle_of(logits_fn, dparams) -> tuple[Oracle, bool]:
         if defence_name == "none":
-            oracle = ce_oracle(logits_fn, identity_defence)
-        elif defence_name == "feature-squeeze":
-            oracle = ce_oracle(logits_fn, squeeze_defence)
-        elif defence_name == "pixeldefend":
-            oracle = ce_oracle(logits_fn, pixeldefend_defence(purify, dparams, eps_defend))
-        elif defence_name == "adaptive-pixeldefend":
+            return ce_oracle(logits_fn, identity_defence), False
+        if defence_name == "feature-squeeze":
+            return ce_oracle(logits_fn, squeeze_defence), False
+        if defence_name == "pixeldefend":
+            return ce_oracle(logits_fn, pixeldefend_defence(purify, dparams, eps_defend)), False
+        if defence_name == "adaptive-pixeldefend":
             defence = adaptive_pixeldefend_defence(purify, density_model, dparams, eps_defend,
                                                    threshold)
             oracle = adaptive_oracle(logits_fn, defence,
                                      lambda z: density_bpd(density_model, dparams, z),
                                      threshold, bpd_weight)
-            clean_first = True
-        else:
-            raise ValueError(f"unknown defence {defence_name!r}")
+            return oracle, True
+        raise ValueError(f"unknown defence {defence_name!r}")
+
+    @jax.jit
+    def traced_run(logits_fn, dparams, x, y, eps, key):
+        oracle, clean_first = oracle_of(logits_fn, dparams)
         return bpda_pgd(oracle, x, y, eps=eps, key=key, steps=steps, alpha=alpha,
                         restarts=restarts, clean_first=clean_first)
 
-    return jax.jit(run)
+    @jax.jit
+    def update(logits_fn, dparams, s, x0, y, e, a):
+        return bpda_update(oracle_of(logits_fn, dparams)[0], s, x0, y, e, a)
+
+    @jax.jit
+    def judge(logits_fn, dparams, s, y):
+        return _judge(oracle_of(logits_fn, dparams)[0], s, y)
+
+    clean_first = defence_name == "adaptive-pixeldefend"
+
+    def run(logits_fn, dparams, x, y, eps, key):
+        if traced(logits_fn, dparams, x, y, eps, key):
+            return traced_run(logits_fn, dparams, x, y, eps, key)
+        return _bpda_pgd_host(
+            lambda s, x0, y, e, a: update(logits_fn, dparams, s, x0, y, e, a),
+            lambda s, y: judge(logits_fn, dparams, s, y), x, y, eps=eps, key=key,
+            steps=steps, alpha=alpha, restarts=restarts, random_start=True,
+            clean_first=clean_first, early_stop=True)
+
+    return run

@@ -9,24 +9,78 @@ signature `attack(logits_fn, x, y, *, eps, key, **options) -> x_adv` with
 - x_adv: uint8, with |x_adv - x| <= floor(eps) element-wise and values in [0, 255].
 
 The integer budget floor(eps) keeps every iterate on the integer grid inside the ball.
-All attacks are jittable when `logits_fn` is closed over (python loops only run over
-static counts; step loops use `lax`). Appendix C's adversarial-training helpers
-(`training_eps`, `adversarial_batch`) sit at the end.
+
+Step loops. On XLA:CPU a network's forward and backward pass inside a loop body
+(`lax.while_loop`, `fori_loop`, `scan`) runs ~8x slower than the same steps unrolled
+(docs/BENCHMARKS.md). So an attack called on concrete arrays drives its loop from Python
+over jitted chunks of unrolled steps (`_staged`, `_chunks`), with any early exit checked on
+the host between chunks; called under an outer `jax.jit` it traces to the `lax` loops,
+whose iterates are the same. Masked or guarded steps make both forms exact: a step that the
+loop would not have run leaves the state unchanged. Appendix C's adversarial-training
+helpers (`training_eps`, `adversarial_batch`) sit at the end.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
 from pxd.errors import PxdError
 
 LogitsFn = Callable[[jax.Array], jax.Array]
+
+CHUNK = 4  # unrolled steps per jitted call of a host-driven loop (see _chunks)
+
+
+# --------------------------------------------------------------------------- staging
+
+
+def traced(*trees) -> bool:
+    """Whether any leaf is a tracer, i.e. the caller is inside jit (or another transform)."""
+    return any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(trees))
+
+
+def as_pytree(logits_fn) -> jax.tree_util.Partial:
+    """`logits_fn` as a pytree, so jitted pieces take it as an argument; a plain callable
+    becomes static (one compilation per function object)."""
+    if isinstance(logits_fn, jax.tree_util.Partial):
+        return logits_fn
+    return jax.tree_util.Partial(logits_fn)
+
+
+def staged(fn=None, *, static: tuple[str, ...] = ()):
+    """Run `fn` inline when traced (inside an outer jit), else through its own jit.
+
+    Host-driven attacks are sequences of such pieces: each compiles once per shape and
+    static options. Pass `logits_fn` through `as_pytree` first.
+    """
+    if fn is None:
+        return functools.partial(staged, static=static)
+    jitted = jax.jit(fn, static_argnames=static)
+
+    @functools.wraps(fn)
+    def call(*args, **kw):
+        return fn(*args, **kw) if traced(args, kw) else jitted(*args, **kw)
+
+    return call
+
+
+def _chunks(total: int, size: int = CHUNK) -> list[int]:
+    """`total` steps as chunks of `size`, the rest in powers of two (few compiled shapes)."""
+    out = [size] * (total // size)
+    rest = total % size
+    while rest:
+        p = 1 << (rest.bit_length() - 1)
+        out.append(p)
+        rest -= p
+    return out
 
 
 # --------------------------------------------------------------------------- helpers
@@ -144,14 +198,34 @@ def sign_update(
     return SignState(jnp.where(active, stepped, state.x_adv), state.step + 1)
 
 
-def _sign_attack(logits_fn, x0, y, e, alpha, steps, x_start) -> jax.Array:
-    """Run `sign_update` max(steps) times from x_start; returns float32 integral images."""
+@staged(static=("k",))
+def _sign_chunk(logits_fn, state, x0, y, e, alpha, steps, k: int) -> SignState:
+    for _ in range(k):
+        state = sign_update(logits_fn, state, x0, y, e, alpha, steps)
+    return state
+
+
+def _sign_attack(logits_fn, x0, y, e, alpha, steps, x_start, max_steps=None) -> jax.Array:
+    """Run `sign_update` max(steps) times from x_start; returns float32 integral images.
+
+    On the host: chunks of unrolled steps. Traced: `max_steps` (a static bound on the
+    counts) unrolls that many steps, the ones past an example's count masked; without it
+    a while_loop (fine on GPU, slow on CPU).
+    """
+    state = sign_init(x_start)
+    if not traced(logits_fn, x0, y, e, alpha, steps, x_start):
+        f = as_pytree(logits_fn)
+        for k in _chunks(int(jnp.max(steps))):
+            state = _sign_chunk(f, state, x0, y, e, alpha, steps, k=k)
+        return state.x_adv
+    if max_steps is not None:
+        return _sign_chunk(logits_fn, state, x0, y, e, alpha, steps, k=max_steps).x_adv
 
     def body(_, state):
         return sign_update(logits_fn, state, x0, y, e, alpha, steps)
 
     # a traced upper bound makes fori_loop a while_loop: fine, we never differentiate it
-    return lax.fori_loop(0, jnp.max(steps), body, sign_init(x_start)).x_adv
+    return lax.fori_loop(0, jnp.max(steps), body, state).x_adv
 
 
 def bim(
@@ -163,19 +237,32 @@ def bim(
     key: jax.Array | None = None,
     steps: int | None = None,
     alpha: float = 1.0,
+    max_steps: int | None = None,
 ) -> jax.Array:
     """BIM (Kurakin et al.): iterated FGSM with step `alpha`, projected after every step.
 
     Defaults follow the paper: alpha = 1 and floor(min(eps + 4, 1.25 eps)) iterations per
     example (`steps` overrides the count for all examples). `alpha` is rounded to an
-    integer >= 1 so iterates stay on the pixel grid. `key` is unused.
+    integer >= 1 so iterates stay on the pixel grid. `key` is unused. `max_steps`, a
+    static bound on every example's count, only matters under an outer jit: the loop is
+    then unrolled (see `_sign_attack`); a count above it would be cut short.
     """
+    x0, y, e, count, a = _bim_setup(x, y, eps, steps, alpha)
+    x_adv = _sign_attack(logits_fn, x0, y, e, a, count, x0, max_steps)
+    return _finish(x_adv, x0, e)
+
+
+@staged(static=("steps", "alpha"))
+def _bim_setup(x, y, eps, steps, alpha):
     x0, y = _inputs(x, y)
     n = x0.shape[0]
     e = budget(eps, n)
     count = _bim_steps(e) if steps is None else jnp.full((n,), steps, jnp.int32)
     a = jnp.full((n, 1, 1, 1), max(1.0, round(alpha)), jnp.float32)
-    return finish(_sign_attack(logits_fn, x0, y, e, a, count, x0), x0, e)
+    return x0, y, e, count, a
+
+
+_finish = staged(finish)
 
 
 def pgd(
@@ -198,6 +285,27 @@ def pgd(
     Across `restarts` each example keeps a misclassified result if any restart found one,
     otherwise the one with the highest cross-entropy.
     """
+    x0, y, e, a, count = _pgd_setup(x, y, eps, steps, alpha)
+    keys = jax.random.split(key, max(1, restarts))
+    best = _pgd_best_init(x0)
+    if traced(logits_fn, x0, y, e, key):
+        def restart(best, k):
+            start = _pgd_start(x0, e, k, random_start)
+            xa = _sign_attack(logits_fn, x0, y, e, a, count, start)
+            return _pgd_keep(logits_fn, best, xa, y), None
+
+        best, _ = lax.scan(restart, best, keys)
+    else:
+        f = as_pytree(logits_fn)
+        for r in range(max(1, restarts)):
+            start = _pgd_start(x0, e, keys[r], random_start)
+            xa = _sign_attack(f, x0, y, e, a, count, start)
+            best = _pgd_keep(f, best, xa, y)
+    return _finish(best[0], x0, e)
+
+
+@staged(static=("steps", "alpha"))
+def _pgd_setup(x, y, eps, steps, alpha):
     x0, y = _inputs(x, y)
     n = x0.shape[0]
     e = budget(eps, n)
@@ -206,28 +314,34 @@ def pgd(
         count = jnp.full((n,), 2 * jnp.max(_bim_steps(e)) + 10, jnp.int32)
     else:
         count = jnp.full((n,), steps, jnp.int32)
+    return x0, y, e, a, count
 
-    def score(xa):
-        logits = logits_fn(xa)
-        return jnp.argmax(logits, -1) != y, xent(logits, y)
 
-    def restart(best, k):
-        best_x, best_wrong, best_loss = best
-        start = x0 + uniform_int_noise(k, x0.shape, e) if random_start else x0
-        xa = _sign_attack(logits_fn, x0, y, e, a, count, project(start, x0, e))
-        wrong, loss = score(xa)
-        better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
-        keep = better.reshape(-1, 1, 1, 1)
-        best = (
-            jnp.where(keep, xa, best_x),
-            jnp.where(better, wrong, best_wrong),
-            jnp.where(better, loss, best_loss),
-        )
-        return best, None
+@staged
+def _pgd_best_init(x0):
+    n = x0.shape[0]
+    return x0, jnp.zeros((n,), bool), jnp.full((n,), -jnp.inf, jnp.float32)
 
-    init = (x0, jnp.zeros((n,), bool), jnp.full((n,), -jnp.inf, jnp.float32))
-    (best_x, _, _), _ = lax.scan(restart, init, jax.random.split(key, max(1, restarts)))
-    return finish(best_x, x0, e)
+
+@staged(static=("random_start",))
+def _pgd_start(x0, e, k, random_start: bool):
+    start = x0 + uniform_int_noise(k, x0.shape, e) if random_start else x0
+    return project(start, x0, e)
+
+
+@staged
+def _pgd_keep(logits_fn, best, xa, y):
+    """Per example, keep a misclassified result over a correct one, else the higher loss."""
+    best_x, best_wrong, best_loss = best
+    logits = logits_fn(xa)
+    wrong, loss = jnp.argmax(logits, -1) != y, xent(logits, y)
+    better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
+    keep = better.reshape(-1, 1, 1, 1)
+    return (
+        jnp.where(keep, xa, best_x),
+        jnp.where(better, wrong, best_wrong),
+        jnp.where(better, loss, best_loss),
+    )
 
 
 # --------------------------------------------------------------------------- DeepFool
@@ -240,14 +354,69 @@ class DeepFoolState(NamedTuple):
 
 
 def _class_jacobian(logits_fn: LogitsFn, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Logits (N, K) and per-example input gradients of every logit (K, N, H, W, C)."""
+    """Logits (N, K) and per-example input gradients of every logit (K, N, H, W, C).
+
+    Examples are independent, so a batch-wide one-hot cotangent gives per-example grads.
+    The K backward passes share one forward; they are unrolled (not `lax.map`) because a
+    network in a loop body is slow on CPU, at the memory of K input-sized gradients.
+    """
     logits, vjp = jax.vjp(logits_fn, x)
-    eye = jnp.eye(logits.shape[-1], dtype=logits.dtype)
-    cotangents = jnp.broadcast_to(eye[:, None, :], (eye.shape[0],) + logits.shape)
-    # examples are independent, so a batch-wide one-hot cotangent gives per-example grads;
-    # lax.map (not vmap) runs the K backward passes one at a time, keeping memory at one
-    (jac,) = lax.map(vjp, cotangents)
-    return logits, jac
+    k = logits.shape[-1]
+    onehot = jax.nn.one_hot(jnp.arange(k), k, dtype=logits.dtype)
+    jac = [vjp(jnp.broadcast_to(onehot[c], logits.shape))[0] for c in range(k)]
+    return logits, jnp.stack(jac)
+
+
+def _deepfool_step(logits_fn, s: DeepFoolState, x0, y, candidates, overshoot: float,
+                   quantize: bool) -> DeepFoolState:
+    """One DeepFool iteration; examples already fooled (or inactive) keep r_tot."""
+    n, k_total = candidates.shape
+    x_eval = x0 + (1.0 + overshoot) * s.r_tot
+    if quantize:
+        x_eval = jnp.round(jnp.clip(x_eval, 0.0, 255.0))
+    logits, jac = _class_jacobian(logits_fn, x_eval)
+    active = s.active & (jnp.argmax(logits, -1) == y)
+    jac = jnp.moveaxis(jac, 0, 1)  # (N, K, H, W, C)
+    w = jac - jnp.take_along_axis(jac, y[:, None, None, None, None], axis=1)
+    f = logits - jnp.take_along_axis(logits, y[:, None], axis=1)  # (N, K)
+    w_norm = jnp.sqrt(jnp.sum(w.reshape(n, k_total, -1) ** 2, -1)) + 1e-8
+    dist = jnp.where(candidates, jnp.abs(f) / w_norm, jnp.inf)
+    l = jnp.argmin(dist, -1)
+    w_l = jnp.take_along_axis(w, l[:, None, None, None, None], axis=1)[:, 0]
+    scale = jnp.take_along_axis(dist, l[:, None], 1)[:, 0] + 1e-4
+    scale = scale / jnp.take_along_axis(w_norm, l[:, None], 1)[:, 0]
+    r = scale.reshape(n, 1, 1, 1) * w_l
+    r_tot = s.r_tot + jnp.where(active.reshape(n, 1, 1, 1), r, 0.0)
+    return DeepFoolState(r_tot, active, s.step + 1)
+
+
+@staged(static=("k", "overshoot", "quantize"))
+def _deepfool_chunk(logits_fn, s, x0, y, candidates, k: int, overshoot: float,
+                    quantize: bool) -> DeepFoolState:
+    # a step with no active example changes nothing but the step count
+    for _ in range(k):
+        s = _deepfool_step(logits_fn, s, x0, y, candidates, overshoot, quantize)
+    return s
+
+
+@staged(static=("num_classes",))
+def _deepfool_setup(logits_fn, x_float, y, num_classes):
+    x0, y = _inputs(x_float, y)
+    n = x0.shape[0]
+    logits0 = logits_fn(x0)
+    k_total = logits0.shape[-1]
+    candidates = jnp.ones_like(logits0, bool)
+    if num_classes is not None and num_classes < k_total:
+        rank = jnp.argsort(jnp.argsort(-logits0, axis=-1), axis=-1)
+        candidates = rank < num_classes
+    candidates = candidates & (jnp.arange(k_total)[None, :] != y[:, None])
+    init = DeepFoolState(jnp.zeros_like(x0), jnp.ones((n,), bool), jnp.zeros((), jnp.int32))
+    return x0, y, candidates, init
+
+
+@staged(static=("overshoot",))
+def _deepfool_result(x0, r_tot, overshoot: float):
+    return x0 + (1.0 + overshoot) * r_tot
 
 
 def deepfool_raw(
@@ -272,41 +441,25 @@ def deepfool_raw(
     `num_classes` restricts k to the top classes of the clean logits (None: all).
     Returns x0 + (1 + overshoot) * r_tot, float32 (N, H, W, C), not clipped or rounded.
     """
-    x0, y = _inputs(x_float, y)
-    n = x0.shape[0]
-    logits0 = logits_fn(x0)
-    k_total = logits0.shape[-1]
-    candidates = jnp.ones_like(logits0, bool)
-    if num_classes is not None and num_classes < k_total:
-        rank = jnp.argsort(jnp.argsort(-logits0, axis=-1), axis=-1)
-        candidates = rank < num_classes
-    candidates = candidates & (jnp.arange(k_total)[None, :] != y[:, None])
+    logits_fn = as_pytree(logits_fn)
+    x0, y, candidates, s = _deepfool_setup(logits_fn, x_float, y, num_classes)
+    if traced(logits_fn, x0, y):
+        def cond(s: DeepFoolState):
+            return (s.step < max_iter) & jnp.any(s.active)
 
-    def cond(s: DeepFoolState):
-        return (s.step < max_iter) & jnp.any(s.active)
+        def body(s: DeepFoolState):
+            return _deepfool_step(logits_fn, s, x0, y, candidates, overshoot, quantize)
 
-    def body(s: DeepFoolState):
-        x_eval = x0 + (1.0 + overshoot) * s.r_tot
-        if quantize:
-            x_eval = jnp.round(jnp.clip(x_eval, 0.0, 255.0))
-        logits, jac = _class_jacobian(logits_fn, x_eval)
-        active = s.active & (jnp.argmax(logits, -1) == y)
-        jac = jnp.moveaxis(jac, 0, 1)  # (N, K, H, W, C)
-        w = jac - jnp.take_along_axis(jac, y[:, None, None, None, None], axis=1)
-        f = logits - jnp.take_along_axis(logits, y[:, None], axis=1)  # (N, K)
-        w_norm = jnp.sqrt(jnp.sum(w.reshape(n, k_total, -1) ** 2, -1)) + 1e-8
-        dist = jnp.where(candidates, jnp.abs(f) / w_norm, jnp.inf)
-        l = jnp.argmin(dist, -1)
-        w_l = jnp.take_along_axis(w, l[:, None, None, None, None], axis=1)[:, 0]
-        scale = jnp.take_along_axis(dist, l[:, None], 1)[:, 0] + 1e-4
-        scale = scale / jnp.take_along_axis(w_norm, l[:, None], 1)[:, 0]
-        r = scale.reshape(n, 1, 1, 1) * w_l
-        r_tot = s.r_tot + jnp.where(active.reshape(n, 1, 1, 1), r, 0.0)
-        return DeepFoolState(r_tot, active, s.step + 1)
-
-    init = DeepFoolState(jnp.zeros_like(x0), jnp.ones((n,), bool), jnp.zeros((), jnp.int32))
-    final = lax.while_loop(cond, body, init)
-    return x0 + (1.0 + overshoot) * final.r_tot
+        s = lax.while_loop(cond, body, s)
+    else:
+        # one iteration (1 forward, K backward passes) per call: the host check of the
+        # exit costs nothing beside it, and no step runs after the last example is fooled
+        for _ in range(max_iter):
+            if not bool(jnp.any(s.active)):
+                break
+            s = _deepfool_chunk(logits_fn, s, x0, y, candidates, k=1, overshoot=overshoot,
+                                quantize=quantize)
+    return _deepfool_result(x0, s.r_tot, overshoot)
 
 
 def deepfool(
@@ -332,7 +485,7 @@ def deepfool(
         logits_fn, x0, y, max_iter=max_iter, overshoot=overshoot, num_classes=num_classes,
         quantize=True,
     )
-    return finish(raw, x0, e)
+    return _finish(raw, x0, e)
 
 
 # --------------------------------------------------------------------------- Carlini-Wagner
@@ -395,60 +548,51 @@ def cw_raw(
     With `abort_early` (Carlini's default) a round ends once the batch's objective has not
     fallen by 0.01% over the last max_iterations // 10 steps.
     """
-    x0, y = _inputs(x_float, y)
-    n = x0.shape[0]
-    w0 = _to_tanh(x0)
-    opt = optax.adam(learning_rate)
-
-    def margin(logits):
-        """Z_y - max_{i != y} Z_i, (N,)."""
-        z_y = jnp.take_along_axis(logits, y[:, None], 1)[:, 0]
-        is_y = jax.nn.one_hot(y, logits.shape[-1], dtype=bool)
-        return z_y - jnp.max(jnp.where(is_y, -jnp.inf, logits), -1)
-
-    def sq_dist(xa):
-        return jnp.sum((xa - x0).reshape(n, -1) ** 2, -1)
-
-    def objective(w, const):
-        xa = _from_tanh(w)
-        m = margin(logits_fn(xa))
-        l2 = sq_dist(xa)
-        # summing keeps examples independent (Adam is element-wise)
-        return jnp.sum(l2 + const * jnp.maximum(m, -confidence)), (xa, l2, m < -confidence)
-
-    grad_fn = jax.value_and_grad(objective, has_aux=True)
+    opts = dict(max_iterations=max_iterations, learning_rate=learning_rate,
+                confidence=confidence, quantize=quantize, abort_early=abort_early)
+    logits_fn = as_pytree(logits_fn)
+    x0, y, w0, s = _cw_setup(x_float, y, initial_const)
+    on_host = not traced(logits_fn, x0, y)
     check_every = max(1, max_iterations // 10)
+    # chunks that end on the abort checkpoints (i % check_every == 0) stop exactly there
+    size = max(d for d in range(1, min(check_every, CHUNK) + 1) if check_every % d == 0)
 
     def search_round(s: CWState, _):
-        def running(carry):
-            i, stop = carry[0], carry[1]
-            return (i < max_iterations) & ~stop
+        c = _cw_round_init(s, w0, learning_rate=learning_rate)
+        if on_host:
+            c = _cw_chunk(logits_fn, c, x0, y, s.const, k=1, **opts)
+            while int(c.i) < max_iterations and not bool(c.stop):
+                c = _cw_chunk(logits_fn, c, x0, y, s.const, k=size, **opts)
+        else:
+            c = lax.while_loop(lambda c: _cw_running(c, max_iterations),
+                               lambda c: _cw_step(logits_fn, c, x0, y, s.const, **opts), c)
+        return _cw_round_end(s, c), None
 
-        def step(carry):
-            i, _, prev, w, opt_state, best_l2, best_x, found = carry
-            (loss, (xa, l2, success)), grads = grad_fn(w, s.const)
-            checkpoint = i % check_every == 0
-            stop = abort_early & checkpoint & (loss > prev * 0.9999)
-            prev = jnp.where(checkpoint, loss, prev)
-            if quantize:
-                xa = jnp.round(xa)
-                l2, success = sq_dist(xa), margin(logits_fn(xa)) < -confidence
-            # record the iterate the gradient was taken at, as Carlini does
-            better = success & (l2 < best_l2)
-            best_l2 = jnp.where(better, l2, best_l2)
-            best_x = jnp.where(better.reshape(n, 1, 1, 1), xa, best_x)
-            updates, opt_state = opt.update(grads, opt_state, w)
-            return (i + 1, stop, prev, optax.apply_updates(w, updates), opt_state, best_l2,
-                    best_x, found | success)
+    if on_host:
+        for _ in range(search_steps):
+            s, _ = search_round(s, None)
+        return s.best_x
+    final, _ = lax.scan(search_round, s, None, length=search_steps)
+    return final.best_x
 
-        carry = (jnp.zeros((), jnp.int32), jnp.zeros((), bool), jnp.full((), jnp.inf),
-                 w0, opt.init(w0), s.best_l2, s.best_x, jnp.zeros((n,), bool))
-        *_, best_l2, best_x, found = lax.while_loop(running, step, carry)
-        upper = jnp.where(found, jnp.minimum(s.upper, s.const), s.upper)
-        lower = jnp.where(found, s.lower, jnp.maximum(s.lower, s.const))
-        const = jnp.where(upper < _NO_UPPER, (lower + upper) / 2.0, s.const * 10.0)
-        return CWState(const, lower, upper, best_l2, best_x), None
 
+class CWRound(NamedTuple):
+    """State of one CW search round (the Adam loop)."""
+
+    i: jax.Array  # int32 scalar: steps done
+    stop: jax.Array  # bool scalar: aborted early
+    prev: jax.Array  # float32 scalar: objective at the last checkpoint
+    w: jax.Array  # (N, H, W, C) tanh-space iterate
+    opt_state: optax.OptState
+    best_l2: jax.Array
+    best_x: jax.Array
+    found: jax.Array  # (N,) bool: success in this round
+
+
+@staged(static=("initial_const",))
+def _cw_setup(x_float, y, initial_const: float):
+    x0, y = _inputs(x_float, y)
+    n = x0.shape[0]
     init = CWState(
         const=jnp.full((n,), initial_const, jnp.float32),
         lower=jnp.zeros((n,), jnp.float32),
@@ -456,8 +600,85 @@ def cw_raw(
         best_l2=jnp.full((n,), jnp.inf, jnp.float32),
         best_x=x0,
     )
-    final, _ = lax.scan(search_round, init, None, length=search_steps)
-    return final.best_x
+    return x0, y, _to_tanh(x0), init
+
+
+@staged(static=("learning_rate",))
+def _cw_round_init(s: CWState, w0, learning_rate: float) -> CWRound:
+    n = w0.shape[0]
+    return CWRound(jnp.zeros((), jnp.int32), jnp.zeros((), bool), jnp.full((), jnp.inf), w0,
+                   optax.adam(learning_rate).init(w0), s.best_l2, s.best_x,
+                   jnp.zeros((n,), bool))
+
+
+@staged
+def _cw_round_end(s: CWState, c: CWRound) -> CWState:
+    """Binary search on c per example: down after a success, up (x10 until one) after none."""
+    upper = jnp.where(c.found, jnp.minimum(s.upper, s.const), s.upper)
+    lower = jnp.where(c.found, s.lower, jnp.maximum(s.lower, s.const))
+    const = jnp.where(upper < _NO_UPPER, (lower + upper) / 2.0, s.const * 10.0)
+    return CWState(const, lower, upper, c.best_l2, c.best_x)
+
+
+def _cw_running(c: CWRound, max_iterations: int) -> jax.Array:
+    return (c.i < max_iterations) & ~c.stop
+
+
+def _cw_margin(logits, y):
+    """Z_y - max_{i != y} Z_i, (N,)."""
+    z_y = jnp.take_along_axis(logits, y[:, None], 1)[:, 0]
+    is_y = jax.nn.one_hot(y, logits.shape[-1], dtype=bool)
+    return z_y - jnp.max(jnp.where(is_y, -jnp.inf, logits), -1)
+
+
+def _cw_step(logits_fn, c: CWRound, x0, y, const, *, max_iterations: int,
+             learning_rate: float, confidence: float, quantize: bool,
+             abort_early: bool) -> CWRound:
+    """One Adam step of a search round, recording the iterate its gradient was taken at."""
+    n = x0.shape[0]
+    opt = optax.adam(learning_rate)
+
+    def sq_dist(xa):
+        return jnp.sum((xa - x0).reshape(n, -1) ** 2, -1)
+
+    def objective(w):
+        xa = _from_tanh(w)
+        m = _cw_margin(logits_fn(xa), y)
+        l2 = sq_dist(xa)
+        # summing keeps examples independent (Adam is element-wise)
+        return jnp.sum(l2 + const * jnp.maximum(m, -confidence)), (xa, l2, m < -confidence)
+
+    (loss, (xa, l2, success)), grads = jax.value_and_grad(objective, has_aux=True)(c.w)
+    check_every = max(1, max_iterations // 10)
+    checkpoint = c.i % check_every == 0
+    stop = abort_early & checkpoint & (loss > c.prev * 0.9999)
+    prev = jnp.where(checkpoint, loss, c.prev)
+    if quantize:
+        xa = jnp.round(xa)
+        l2, success = sq_dist(xa), _cw_margin(logits_fn(xa), y) < -confidence
+    # record the iterate the gradient was taken at, as Carlini does
+    better = success & (l2 < c.best_l2)
+    best_l2 = jnp.where(better, l2, c.best_l2)
+    best_x = jnp.where(better.reshape(n, 1, 1, 1), xa, c.best_x)
+    updates, opt_state = opt.update(grads, c.opt_state, c.w)
+    return CWRound(c.i + 1, stop, prev, optax.apply_updates(c.w, updates), opt_state, best_l2,
+                   best_x, c.found | success)
+
+
+@staged(static=("k", "max_iterations", "learning_rate", "confidence", "quantize",
+                "abort_early"))
+def _cw_chunk(logits_fn, c: CWRound, x0, y, const, *, k: int, max_iterations: int,
+              learning_rate: float, confidence: float, quantize: bool,
+              abort_early: bool) -> CWRound:
+    """`k` unrolled steps; one the while_loop would not run (stopped, or past
+    max_iterations) leaves the state as it is."""
+    for _ in range(k):
+        new = _cw_step(logits_fn, c, x0, y, const, max_iterations=max_iterations,
+                       learning_rate=learning_rate, confidence=confidence, quantize=quantize,
+                       abort_early=abort_early)
+        run = _cw_running(c, max_iterations)
+        c = jax.tree_util.tree_map(lambda a, b, run=run: jnp.where(run, a, b), new, c)
+    return c
 
 
 def cw(
@@ -494,10 +715,12 @@ def cw(
         quantize=True,
         abort_early=abort_early,
     )
-    return finish(raw, x0, e)
+    return _finish(raw, x0, e)
 
 
 ATTACKS = {"rand": rand, "fgsm": fgsm, "bim": bim, "deepfool": deepfool, "cw": cw, "pgd": pgd}
+# step loops driven from the host when called on concrete arrays: call them unjitted
+ITERATIVE = ("bim", "deepfool", "cw", "pgd")
 
 
 # --------------------------------------------------------------------------- Appendix C
@@ -527,4 +750,9 @@ def adversarial_batch(
     x0 = jnp.asarray(x).astype(jnp.float32)
     y_pred = jnp.argmax(lax.stop_gradient(logits_fn(x0)), -1).astype(jnp.int32)
     eps = training_eps(key_eps, x0.shape[0], delta)
+    if method == "bim":
+        # eps <= 2 delta bounds the count: inside a jitted train step BIM then unrolls
+        e = float(np.floor(2.0 * delta))
+        bound = int(np.floor(min(e + 4.0, 1.25 * e)))
+        return bim(logits_fn, x0, y_pred, eps=eps, key=key_attack, max_steps=bound)
     return ATTACKS[method](logits_fn, x0, y_pred, eps=eps, key=key_attack)

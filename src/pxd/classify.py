@@ -307,7 +307,8 @@ def _jitted_attack(name: str, opts: tuple):
         k = jax.random.fold_in(key, batch_index)
         return attack(logits_fn, x, y, eps=eps, key=k, **dict(opts))
 
-    return jax.jit(run)
+    # iterative attacks jit their own steps and drive the loop from the host (fast on CPU)
+    return run if name in attacks.ITERATIVE else jax.jit(run)
 
 
 def craft(attack_name: str, logits_fn, x: np.ndarray, y: np.ndarray, *, eps, key: jax.Array,
