@@ -25,8 +25,7 @@ def test_public_names_stay():
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    from test_data import cifar_dir
+def smoke(tmp_path_factory, cifar):
 
     from pxd import data
     from pxd.classify import clf_config
@@ -34,7 +33,7 @@ def smoke(tmp_path_factory):
     from pxd.commands.density import run_train_density
     from pxd.density import density_config
 
-    data_dir = cifar_dir()
+    data_dir = cifar
     root = tmp_path_factory.mktemp("api")
     dens, clf = str(root / "density"), str(root / "clf")
     run_train_density(density_config("cifar10", "smoke", steps=4, eval_n=16), dens,
@@ -139,15 +138,14 @@ def test_bad_input_is_one_line_pxd_error(smoke, call, needle):
     ("purify_before_classifier.py", "after PixelDefend"),
     ("detect_adversarial.py", "ROC AUC"),
 ])
-def test_examples_run(script, needle):
+def test_examples_run(script, needle, cifar):
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    from test_data import cifar_dir
 
-    env = dict(os.environ, PXD_DATA_DIR=cifar_dir())
+    env = dict(os.environ, PXD_DATA_DIR=cifar)
     path = Path(__file__).resolve().parents[1] / "examples" / script
     r = subprocess.run([sys.executable, str(path), "8"], capture_output=True, text=True,
                        env=env, timeout=600)

@@ -9,7 +9,6 @@ import glob
 import json
 import os
 import re
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,15 +26,14 @@ FAST_OPTS = {"deepfool": {"max_iter": 3}, "cw": {"search_steps": 1, "max_iterati
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    from test_data import cifar_dir
+def models(tmp_path_factory, cifar):
 
     from pxd.classify import clf_config
     from pxd.commands.clf import run_train_clf
     from pxd.commands.density import run_train_density
     from pxd.density import density_config
 
-    data_dir = cifar_dir()  # skips without CIFAR-10
+    data_dir = cifar  # skips without CIFAR-10
     root = tmp_path_factory.mktemp("bench_models")
     dens, clf = str(root / "density"), str(root / "clf")
     run_train_density(density_config("cifar10", "smoke", steps=20, eval_n=32), dens,
@@ -56,9 +54,7 @@ def _run(models, out):
 @pytest.fixture(scope="module")
 def grid(models, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("bench_out"))
-    t = time.perf_counter()
-    first = _run(models, out)
-    return dict(out=out, first=first, seconds=time.perf_counter() - t)
+    return dict(out=out, first=_run(models, out))
 
 
 def test_outputs_exist(grid):
@@ -117,14 +113,11 @@ def test_crafted_within_bounds(grid):
 def test_rerun_reuses_cache(grid, models):
     cache_files = sorted(glob.glob(os.path.join(grid["out"], "cache", "*.npz")))
     before = {f: os.stat(f).st_mtime_ns for f in cache_files}
-    t = time.perf_counter()
     second = _run(models, grid["out"])
-    seconds = time.perf_counter() - t
     assert all(v["new"] == 0 for v in second["cache"].values()), second["cache"]
     assert {f: os.stat(f).st_mtime_ns for f in cache_files} == before
     assert sorted(glob.glob(os.path.join(grid["out"], "cache", "*.npz"))) == cache_files
     assert [r["acc"] for r in second["rows"]] == [r["acc"] for r in grid["first"]["rows"]]
-    assert seconds < grid["seconds"] / 3
 
 
 def test_cli_runs_from_cache(grid, models):
@@ -280,8 +273,9 @@ def test_cells_equal_direct_computations(grid, models):
     """Bench wiring: cells recomputed here through the public API on the same images."""
     import pxd
 
-    res = json.load(open(os.path.join(grid["out"], "results.json")))
-    rows = {r["defence"]: r["acc"] for r in res["rows"]}
+    # the first run's rows (a later test rewrites results.json with fewer defences)
+    rows = {r["defence"]: json.loads(json.dumps(r["acc"], default=float))
+            for r in grid["first"]["rows"]}
     x, y = pxd.load_dataset(f"cifar10:test[:{N}]", data_dir=models["data_dir"])
     clf = pxd.load_classifier(models["clf"])
     dens = pxd.load_density(models["density"])
@@ -300,3 +294,19 @@ def test_cells_equal_direct_computations(grid, models):
         xb = z["x"]
     assert rows["pixeldefend"]["adaptive"]["8"] == acc(pxd.purify(xb, 16, density=dens,
                                                                   batch_size=4))
+
+
+def test_speed_bench_runs_and_writes_its_json(models, tmp_path):
+    """`bench --speed` at toy sizes: it runs and writes what it measured (no timing asserts:
+    figures belong in docs/BENCHMARKS.md)."""
+    path = str(tmp_path / "speed.json")
+    res = bench.run_speed(path, density=models["density"], batch_size=2,
+                          data_dir=models["data_dir"], n_fast=2, n_ref=1, train_steps=1,
+                          attacks_too=False)
+    saved = json.load(open(path))
+    assert saved["purify"] == json.loads(json.dumps(res["purify"]))
+    p = saved["purify"]
+    assert p["fast_images_per_s"] > 0 and p["reference_images_per_s"] > 0
+    assert p["identical_on_reference_images"] + len(p["near_tie_gaps_of_differing_images"]) \
+        == p["reference_images"] == 1
+    assert saved["train"]["1_device"]["images_per_s"] > 0 and "machine" in saved

@@ -79,13 +79,12 @@ def test_certificate_catches_a_wrong_decode():
         assert_greedy_certificate(model, params, x, y, 16)
 
 
-def test_greedy_certificate_shipped_density_and_bpd_falls():
-    from test_data import cifar_dir
+def test_greedy_certificate_shipped_density_and_bpd_falls(cifar):
 
     from pxd import data
     from pxd.store import load_density
 
-    x, _ = data.load("cifar10:test[:4]", cifar_dir())
+    x, _ = data.load("cifar10:test[:4]", cifar)
     model, params, _, _ = load_density("pixelcnn-c10-cpu")
     bpd = make_bpd_fn(model)
     for eps in (2, 16, 255):

@@ -29,6 +29,7 @@ from pxd.classify import (
     training_adversarial,
 )
 from pxd.commands.clf import run_train_clf
+from pxd.errors import PxdError
 from pxd.imageio import read_images
 from pxd.models.classifiers import make_classifier
 from pxd.training import init_state, make_train_step, train_loop
@@ -84,7 +85,7 @@ def test_resume_matches_uninterrupted(smoke_run, tmp_path):
     out = str(tmp_path / "run")
     half = run_train_clf(cfg, out, data_dir=DATA_DIR, stop_after=cfg.steps // 2)
     assert half["step"] == cfg.steps // 2 and not half["complete"]
-    with pytest.raises(Exception, match="--resume"):
+    with pytest.raises(PxdError, match="--resume"):
         run_train_clf(cfg, out, data_dir=DATA_DIR)
     run_train_clf(cfg, out, data_dir=DATA_DIR, resume=True)
     a, b = load_classifier(straight)[1], load_classifier(out)[1]

@@ -20,15 +20,14 @@ def run(args, **kw):
 
 
 @pytest.fixture(scope="module")
-def density_run(tmp_path_factory):
-    from test_data import cifar_dir
+def density_run(tmp_path_factory, cifar):
 
     d = tmp_path_factory.mktemp("cli")
     out = str(d / "pcnn")
     r = run(["train-density", "--preset", "smoke", "--steps", "6", "--out", out,
-             "--data-dir", cifar_dir(), "--quiet"])
+             "--data-dir", cifar, "--quiet"])
     assert r.returncode == 0, r.stderr
-    return out, cifar_dir()
+    return out, cifar
 
 
 def test_version_and_help():
@@ -136,3 +135,14 @@ def test_adaptive_threshold_skips_low_bpd(density_run, tmp_path):
     res = run_purify("cifar10:test[:4]", str(tmp_path / "b.npz"), eps=8, density=run_dir,
                      data_dir=data_dir, adaptive_threshold=0.0)
     assert res["purified_images"] == 4
+
+
+def test_devices_option_sets_the_device_count(cifar, tmp_path):
+    """--devices 1 overrides the two virtual devices the tests' environment asks for; the
+    run records the devices it used."""
+    out = str(tmp_path / "d1")
+    r = run(["train-density", "--out", out, "--preset", "smoke", "--steps", "1",
+             "--devices", "1", "--data-dir", cifar, "--quiet"])
+    assert r.returncode == 0, r.stderr
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    assert meta["machine"].endswith("1 x cpu"), meta["machine"]

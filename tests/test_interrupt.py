@@ -62,10 +62,9 @@ def latest(run_dir):
 
 
 @pytest.fixture(scope="module")
-def cifar():
-    from test_data import cifar_dir
+def cifar(cifar):
 
-    return cifar_dir()
+    return cifar
 
 
 pytestmark = pytest.mark.slow  # subprocesses: about a minute each on 2 cores

@@ -44,12 +44,11 @@ def test_fast_paths_equal_reference_random_images(shape, eps):
         np.testing.assert_array_equal(ref, x)
 
 
-def test_fast_equals_reference_real_images_and_unet():
-    from test_data import cifar_dir  # skips with a reason when the data is absent
+def test_fast_equals_reference_real_images_and_unet(cifar):
 
     from pxd import data
 
-    x, _ = data.load("cifar10:test[:2]", cifar_dir())
+    x, _ = data.load("cifar10:test[:2]", cifar)
     for over in ({}, {"downsample": True, "nr_stages": 2}):
         model, params = _setup((32, 32, 3), seed=1, **over)
         e = jnp.full((2,), 16, jnp.int32)

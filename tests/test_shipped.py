@@ -25,8 +25,7 @@ def _check_pin(name, prefix):
         pytest.fail(f"{name} was re-exported (sha256 {sha[:12]}): update its pin in this file")
 
 
-def test_default_density_bits_per_dim_pinned():
-    from test_data import cifar_dir
+def test_default_density_bits_per_dim_pinned(cifar):
 
     from pxd import data
     from pxd.density import make_bpd_fn
@@ -35,14 +34,13 @@ def test_default_density_bits_per_dim_pinned():
     name, prefix, want, tol = DENSITY_PIN
     assert _entry(name)["default"]
     _check_pin(name, prefix)
-    x, _ = data.load("cifar10:test[:100]", cifar_dir())
+    x, _ = data.load("cifar10:test[:100]", cifar)
     model, params, _, _ = load_density(name)
     got = float(np.mean(np.asarray(make_bpd_fn(model)(params, x))))
     assert got == pytest.approx(want, abs=tol)
 
 
-def test_default_classifier_accuracy_pinned():
-    from test_data import cifar_dir
+def test_default_classifier_accuracy_pinned(cifar):
 
     from pxd import data
     from pxd.classify import evaluate_accuracy, load_classifier, make_logits_fn
@@ -50,7 +48,7 @@ def test_default_classifier_accuracy_pinned():
     name, prefix, want, tol = CLF_PIN
     assert _entry(name)["default"]
     _check_pin(name, prefix)
-    x, y = data.load("cifar10:test[:500]", cifar_dir())
+    x, y = data.load("cifar10:test[:500]", cifar)
     model, variables, _, _ = load_classifier(name)
     f = make_logits_fn(model, variables["params"], variables.get("batch_stats", {}))
     assert evaluate_accuracy(f, x, y) == pytest.approx(want, abs=tol)

@@ -17,10 +17,9 @@ from pxd.training import init_state, make_optimizer, make_train_step
 
 
 @pytest.fixture(scope="module")
-def cifar():
-    from test_data import cifar_dir
+def cifar(cifar):
 
-    return cifar_dir()
+    return cifar
 
 
 def _cfg(**over):

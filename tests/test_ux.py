@@ -244,10 +244,9 @@ def test_attack_defaults_to_the_zoo_classifier(user_dir, capsys):
         assert d.max() == 8  # FGSM moves every pixel it can by the full budget
 
 
-def test_readme_bench_example_tiny(tmp_path, monkeypatch, capsys):
-    from test_data import cifar_dir
+def test_readme_bench_example_tiny(tmp_path, monkeypatch, capsys, cifar):
 
-    monkeypatch.setenv("PXD_DATA_DIR", cifar_dir())
+    monkeypatch.setenv("PXD_DATA_DIR", cifar)
     monkeypatch.chdir(tmp_path)
     code, out, err = pxd_main("bench --attack bim --eps-attack 8 --n 2 --adaptive-n 1 "
                               "--adaptive-steps 1 --defense none,pixeldefend", capsys)

@@ -15,13 +15,12 @@ from pxd.store import load_density, params_digest
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from test_data import cifar_dir
+def exported(tmp_path_factory, cifar):
 
     d = tmp_path_factory.mktemp("zoo")
     run = str(d / "run")
     cfg = density_config("cifar10", "smoke", steps=2, ckpt_every=2, eval_n=16, batch_size=8)
-    run_train_density(cfg, run, data_dir=cifar_dir())
+    run_train_density(cfg, run, data_dir=cifar)
     card = zoo.export(run, "pcnn-test", kind="density", default=True,
                       card={"dataset": "cifar10", "preset": "smoke"}, zoo_dir=str(d / "zoo"))
     return run, str(d / "zoo" / "pcnn-test"), card
@@ -112,17 +111,15 @@ def test_exported_step_is_the_best_evaluation_or_the_last_step(tmp_path):
     assert exported_step(str(tmp_path), {}) is None  # no checkpoint either
 
 
-def test_resume_from_a_zoo_entry_equals_the_uninterrupted_run(tmp_path):
+def test_resume_from_a_zoo_entry_equals_the_uninterrupted_run(tmp_path, cifar):
     """A run exported half-way with its training state, then continued from the zoo entry
     alone (the run directory deleted), ends bit for bit where the unbroken run ends."""
     import shutil
 
-    from test_data import cifar_dir
-
     from pxd.commands.zoo import run_zoo_export
     from pxd.report import Reporter
 
-    data_dir = cifar_dir()
+    data_dir = cifar
     cfg = density_config("cifar10", "smoke", steps=8, ckpt_every=4, eval_n=16, batch_size=8,
                          ema=0.9, schedule="cosine", warmup=2)
     a = run_train_density(cfg, str(tmp_path / "a"), data_dir=data_dir)
@@ -148,3 +145,15 @@ def test_resume_from_a_zoo_entry_equals_the_uninterrupted_run(tmp_path):
         f.write(b"\x00\x01")
     with pytest.raises(PxdError, match="checksum"):
         run_train_density(cfg, str(tmp_path / "e"), resume_from=entry, data_dir=data_dir)
+
+
+def test_zoo_command_lists_every_shipped_model():
+    from typer.testing import CliRunner
+
+    from pxd.cli import app
+
+    r = CliRunner().invoke(app, ["zoo", "--json"])
+    assert r.exit_code == 0, r.output
+    listed = json.loads(r.stdout)
+    assert {e["name"] for e in listed} == {e["name"] for e in zoo.entries()}
+    assert all(len(e["sha256"]) == 64 for e in listed)

@@ -718,14 +718,15 @@ ADAPTIVE_METHOD = (
 
 
 def run_speed(out: str, *, density: str | None = None, batch_size: int = 32,
-              data_dir: str | None = None, rep: Reporter | None = None) -> dict:
+              data_dir: str | None = None, rep: Reporter | None = None, **sizes) -> dict:
     """`pxd bench --speed`: commands.speed.run_bench_speed, its JSON written to `out`
-    (a .json path, or OUT/speed.json for a folder)."""
+    (a .json path, or OUT/speed.json for a folder). `sizes` shrink it (tests)."""
     from pxd.commands.speed import run_bench_speed
 
     path = out if out.endswith(".json") else os.path.join(out, "speed.json")
     imageio.check_writable(path, "--out")
-    res = run_bench_speed(density=density, batch=batch_size, data_dir=data_dir, rep=rep)
+    res = run_bench_speed(density=density, batch=batch_size, data_dir=data_dir, rep=rep,
+                          **sizes)
     imageio.write_json(path, res)
     (rep or Reporter(quiet=True)).done(f"speed results written to {path}")
     return res
