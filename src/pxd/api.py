@@ -18,23 +18,10 @@ from typing import Any
 import jax
 import numpy as np
 
+import pxd as _pkg
 from pxd.errors import PxdError
 
-__all__ = [
-    "Classifier",
-    "Density",
-    "PxdError",
-    "attack",
-    "bits_per_dim",
-    "feature_squeeze",
-    "load_classifier",
-    "load_dataset",
-    "load_density",
-    "p_values",
-    "purify",
-    "roc_auc",
-    "zoo",
-]
+__all__ = list(_pkg.__all__)  # one list of public names, in pxd/__init__.py
 
 ATTACK_NAMES = ("rand", "fgsm", "bim", "pgd", "deepfool", "cw")
 
@@ -187,42 +174,33 @@ def load_classifier(name_or_dir: str | None = None, *, dataset: str = "cifar10")
     return Classifier(model, variables, cfg, name_or_dir, meta)
 
 
-def _density_for(density, x_shape) -> Density:
+def _model_for(given, x_shape, cls, load, what: str, arg: str):
+    """`given` (a loaded model, a name or dir, or None: the shipped default for the images'
+    shape) as a loaded model whose images have shape `x_shape`."""
     from pxd.data import DATASETS
 
-    if isinstance(density, Density):
-        d = density
-    elif density is None:
+    if isinstance(given, cls):
+        m = given
+    elif given is None:
         match = [n for n, i in DATASETS.items() if tuple(i.shape) == tuple(x_shape)]
         if not match:
-            raise PxdError(f"images: no shipped density model for images of shape "
-                           f"{tuple(x_shape)}; pass density=RUN_DIR")
-        d = load_density(None, dataset=match[0])
+            raise PxdError(f"images: no shipped {what} for images of shape "
+                           f"{tuple(x_shape)}; pass {arg}=RUN_DIR")
+        m = load(None, dataset=match[0])
     else:
-        d = load_density(density)
-    if tuple(d.shape) != tuple(x_shape):
-        raise PxdError(f"images: shape {tuple(x_shape)} per image, but the density model "
-                       f"was trained on {d.config.dataset} {tuple(d.shape)}")
-    return d
+        m = load(given)
+    if tuple(m.shape) != tuple(x_shape):
+        raise PxdError(f"images: shape {tuple(x_shape)} per image, but the {what} was "
+                       f"trained on {m.config.dataset} {tuple(m.shape)}")
+    return m
+
+
+def _density_for(density, x_shape) -> Density:
+    return _model_for(density, x_shape, Density, load_density, "density model", "density")
 
 
 def _clf_for(clf, x_shape) -> Classifier:
-    from pxd.data import DATASETS
-
-    if isinstance(clf, Classifier):
-        c = clf
-    elif clf is None:
-        match = [n for n, i in DATASETS.items() if tuple(i.shape) == tuple(x_shape)]
-        if not match:
-            raise PxdError(f"images: no shipped classifier for images of shape "
-                           f"{tuple(x_shape)}; pass clf=RUN_DIR")
-        c = load_classifier(None, dataset=match[0])
-    else:
-        c = load_classifier(clf)
-    if tuple(c.shape) != tuple(x_shape):
-        raise PxdError(f"images: shape {tuple(x_shape)} per image, but the classifier was "
-                       f"trained on {c.config.dataset} {tuple(c.shape)}")
-    return c
+    return _model_for(clf, x_shape, Classifier, load_classifier, "classifier", "clf")
 
 
 def bits_per_dim(images, *, density: Density | str | None = None, batch_size: int = 64,
