@@ -270,12 +270,13 @@ def feature_squeeze(images) -> np.ndarray:
 
 def attack(images, labels, name: str = "bim", *, eps: float = 8,
            clf: Classifier | str | None = None, key: jax.Array | None = None,
-           batch_size: int = 100, **options) -> np.ndarray:
+           batch_size: int = 100, on_batch: Callable[[int], Any] | None = None,
+           **options) -> np.ndarray:
     """Adversarial uint8 images against `clf` (default: the shipped one for the images'
     shape), on the integer grid and within the L-inf `eps` ball and [0, 255].
 
     `name`: rand, fgsm, bim, pgd, deepfool or cw; `options` go to the attack (e.g.
-    steps=20, restarts=2). `key` defaults to `jax.random.key(0)`.
+    steps=20, restarts=2). `key` defaults to `jax.random.key(0)`; `on_batch(k)`: progress.
     """
     from pxd import imageio
     from pxd.classify import craft
@@ -296,7 +297,7 @@ def attack(images, labels, name: str = "bim", *, eps: float = 8,
     key = jax.random.key(0) if key is None else key
     try:
         return np.asarray(craft(name, c.logits_fn, x, y, eps=float(e), key=key,
-                                batch_size=batch_size, **options))
+                                batch_size=batch_size, on_batch=on_batch, **options))
     except TypeError as err:  # an option the attack does not take
         raise PxdError(f"attack {name}: {err}") from None
 

@@ -12,7 +12,6 @@ from pxd import attacks, checkpoint, config, data, imageio
 from pxd.classify import (
     ClfConfig,
     build_classifier,
-    craft,
     evaluate_accuracy,
     init_variables,
     load_classifier,
@@ -142,6 +141,8 @@ def _check_attack_args(attack: str, eps: float, out: str | None, batch_size: int
         raise PxdError(f"unknown attack '{attack}' (choose from {', '.join(attacks.ATTACKS)})")
     if not 0.0 <= eps <= 255.0:
         raise PxdError(f"--eps-attack must be in [0, 255] (pixel units), got {eps:g}")
+    if eps != int(eps):
+        raise PxdError(f"--eps-attack must be an integer on the 0-255 scale, got {eps:g}")
     if out is not None and not out.endswith(".npz"):
         raise PxdError(f"--out {out}: output must end in .npz")
     if batch_size <= 0:
@@ -200,7 +201,9 @@ def run_attack(
     imageio.check_writable(out, "--out")
     if clf is None:
         clf = zoo.default_path("classifier", tuple(x.shape[1:]))
-    model, variables, cfg, _ = load_classifier(clf)
+    from pxd import api
+
+    model, variables, cfg, meta = load_classifier(clf)
     info = DATASETS[cfg.dataset]
     if tuple(x.shape[1:]) != tuple(info.shape):
         raise PxdError(f"{input}: images of shape {tuple(x.shape[1:])}, but the classifier "
@@ -217,8 +220,9 @@ def run_attack(
     if y is None:
         y = pred_clean
     with rep.progress(f"attack {attack}", total=n) as advance:
-        x_adv = craft(attack, logits_fn, x, y, eps=eps, key=jax.random.key(seed),
-                      batch_size=batch_size, on_batch=lambda k: advance(k), **opts)
+        x_adv = api.attack(x, y, attack, eps=eps, key=jax.random.key(seed),
+                           clf=api.Classifier(model, variables, cfg, clf, meta),
+                           batch_size=batch_size, on_batch=lambda k: advance(k), **opts)
     pred_adv = predict(logits_fn, x_adv, batch_size=batch_size)
     seconds = time.perf_counter() - t0
 
