@@ -12,6 +12,7 @@ for the images' shape. Bad input raises `pxd.PxdError` with the CLI's one-line m
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -27,11 +28,9 @@ ATTACK_NAMES = ("rand", "fgsm", "bim", "pgd", "deepfool", "cw")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Density:
-    """A loaded PixelCNN: pass it as `density=` to skip loading on every call."""
-
+class _Loaded:
     model: Any
-    params: Any
+    weights: Any  # Density: params; Classifier: variables (params, batch_stats)
     config: Any
     path: str
     meta: dict
@@ -41,34 +40,37 @@ class Density:
         from pxd.data import DATASETS
 
         return tuple(DATASETS[self.config.dataset].shape)
+
+
+class Density(_Loaded):
+    """A loaded PixelCNN: pass it as `density=` to skip loading on every call."""
+
+    @property
+    def params(self):
+        return self.weights
 
     def bits_per_dim(self, images, *, batch_size: int = 64) -> np.ndarray:
         return bits_per_dim(images, density=self, batch_size=batch_size)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Classifier:
+class Classifier(_Loaded):
     """A loaded classifier: `logits(images)` and `predict(images)` on uint8 images."""
 
-    model: Any
-    variables: Any
-    config: Any
-    path: str
-    meta: dict
-
     @property
-    def shape(self) -> tuple[int, int, int]:
-        from pxd.data import DATASETS
+    def variables(self):
+        return self.weights
 
-        return tuple(DATASETS[self.config.dataset].shape)
-
-    @property
+    @functools.cached_property
     def logits_fn(self):
         """Pure `f(x float32 (B,H,W,C) on 0..255) -> logits`, for gradients and attacks."""
         from pxd.classify import make_logits_fn
 
-        return make_logits_fn(self.model, self.variables["params"],
-                              self.variables.get("batch_stats", {}))
+        return make_logits_fn(self.model, self.weights["params"],
+                              self.weights.get("batch_stats", {}))
+
+    @functools.cached_property
+    def _logits_jit(self):  # compiled once per classifier, not once per call
+        return jax.jit(lambda xb: self.logits_fn(xb.astype(np.float32)))
 
     def predict(self, images, *, batch_size: int = 256) -> np.ndarray:
         """Predicted labels int32 (N,)."""
@@ -84,8 +86,7 @@ class Classifier:
 
         x = _images(images, self.shape, "classifier")
         _check_batch(batch_size)
-        f = jax.jit(lambda xb: self.logits_fn(xb.astype(np.float32)))
-        return np.asarray(devices.map_batches(f, (x,), batch_size))
+        return np.asarray(devices.map_batches(self._logits_jit, (x,), batch_size))
 
 
 def _check_batch(batch_size: int) -> None:
