@@ -324,6 +324,37 @@ def test_host_loop_raw_floats_match_lax_loop():
         np.testing.assert_array_equal(np.round(host), np.round(np.asarray(traced)))
 
 
+def test_deepfool_shrinks_the_batch_to_active_examples(monkeypatch):
+    # Fooled examples leave the batch (next power of two above the active count); the
+    # others' iterates are a full-batch loop's up to float32 rounding (XLA:CPU blocks a
+    # matmul by batch size: here a few ulps; on the shipped ResNet-14, whose only matmul
+    # is 64 wide, bit-identical, as `pxd bench --speed` reports) and its integer images.
+    import pxd.attacks as A
+
+    logits_fn = A.as_pytree(_conv_logits_fn())
+    x, y = _batch(8)
+    xf = jnp.asarray(x, jnp.float32)
+    x0, y0, cand, full = A._deepfool_setup(logits_fn, xf, y, None)
+    for _ in range(6):
+        full = A._deepfool_chunk(logits_fn, full, x0, y0, cand, k=1, overshoot=0.02,
+                                 quantize=True)
+    sizes, real = [], A._deepfool_chunk
+
+    def spy(f, s, x0, *args, **kw):
+        sizes.append(x0.shape[0])
+        return real(f, s, x0, *args, **kw)
+
+    monkeypatch.setattr(A, "_deepfool_chunk", spy)
+    got = deepfool_raw(logits_fn, xf, y, max_iter=6, quantize=True)
+    want = A._deepfool_result(x0, full.r_tot, 0.02)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(A.finish(got, x0, A.budget(255.0, 8)),
+                                  A.finish(want, x0, A.budget(255.0, 8)))
+    assert sizes[0] == 8 and min(sizes) < 8, sizes
+    assert [A._bucket(c, 100, 2) for c in (1, 3, 31, 54, 86)] == [2, 4, 32, 64, 100]
+    assert A._bucket(5, 8, 1) == 8 and A._bucket(3, 8, 1) == 4
+
+
 def test_bim_bounded_unroll_equals_while_loop():
     # adversarial training's BIM unrolls a static bound of steps under jit (masked past
     # each example's own count) instead of a while_loop: the same images

@@ -452,14 +452,50 @@ def deepfool_raw(
 
         s = lax.while_loop(cond, body, s)
     else:
-        # one iteration (1 forward, K backward passes) per call: the host check of the
-        # exit costs nothing beside it, and no step runs after the last example is fooled
-        for _ in range(max_iter):
-            if not bool(jnp.any(s.active)):
-                break
-            s = _deepfool_chunk(logits_fn, s, x0, y, candidates, k=1, overshoot=overshoot,
-                                quantize=quantize)
+        s = _deepfool_host(logits_fn, s, x0, y, candidates, max_iter, overshoot, quantize)
     return _deepfool_result(x0, s.r_tot, overshoot)
+
+
+def _bucket(count: int, n: int, ndev: int) -> int:
+    """Batch size for `count` active examples: the next power of two (a multiple of the
+    device count), capped at n, so a run compiles at most ~log2(n) shapes."""
+    b = max(ndev, 1 << max(0, count - 1).bit_length())
+    b += (-b) % ndev
+    return n if b >= n else b
+
+
+def _deepfool_host(logits_fn, s: DeepFoolState, x0, y, candidates, max_iter: int,
+                   overshoot: float, quantize: bool) -> DeepFoolState:
+    """DeepFool's iterations driven from the host, one (1 forward, K backward passes) per
+    call, on the still-active examples only: most are fooled in a few iterations, and a
+    batch shrunk to the next power of two above the active count costs that much less.
+
+    Examples are independent (eval-mode network), so an example's iterates do not depend
+    on which others share its batch, up to float32 rounding where XLA blocks a matmul by
+    batch size (bit-identical on the shipped ResNet-14; tested).
+    """
+    n = x0.shape[0]
+    ndev = len(x0.sharding.device_set)
+    ndev = ndev if n % ndev == 0 else 1
+    r_tot, active = np.array(s.r_tot), np.array(s.active)
+    step = s.step
+    # sub-batches keep the caller's sharding (sharded batches stay sharded)
+    host = [(np.asarray(a), a.sharding) for a in (x0, y, candidates, s.r_tot, s.active)]
+    for _ in range(max_iter):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        b = _bucket(idx.size, n, ndev)
+        take = np.arange(n) if b == n else np.resize(idx, b)  # pads by repeating actives
+        xs, ys, cs, rs, acts = (jax.device_put(a[take], sh) for (a, sh) in
+                                [*host[:3], (r_tot, host[3][1]), (active, host[4][1])])
+        sub = DeepFoolState(rs, acts, step)
+        sub = _deepfool_chunk(logits_fn, sub, xs, ys, cs, k=1, overshoot=overshoot,
+                              quantize=quantize)
+        # a repeated example computes the same values, so the repeats write the same
+        r_tot[take], active[take] = np.asarray(sub.r_tot), np.asarray(sub.active)
+        step = sub.step
+    return DeepFoolState(jnp.asarray(r_tot), jnp.asarray(active), step)
 
 
 def deepfool(
