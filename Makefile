@@ -32,8 +32,11 @@ demo: $(STAMP)
 	$(BIN)/pxd bench --attack all --eps-attack 2,8,16 --n 100 --adaptive-n 50 --adaptive-steps 20 \
 	  --out demo-out
 
+# Two pytest workers, whole files each (module fixtures built once): compiling and waiting on
+# subprocesses leave a core idle in one process. `make test TEST_WORKERS=0` runs serially.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
