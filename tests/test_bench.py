@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pxd import adaptive
 from pxd.commands import bench
+from pxd.core import adaptive
 from pxd.errors import PxdError
 
 N = 4
@@ -28,10 +28,10 @@ FAST_OPTS = {"deepfool": {"max_iter": 3}, "cw": {"search_steps": 1, "max_iterati
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, cifar):
 
-    from pxd.classify import clf_config
-    from pxd.commands.clf import run_train_clf
-    from pxd.commands.density import run_train_density
-    from pxd.density import density_config
+    from pxd.commands.attack import run_train_clf
+    from pxd.commands.train import run_train_density
+    from pxd.core.classifier import clf_config
+    from pxd.core.density import density_config
 
     data_dir = cifar  # skips without CIFAR-10
     root = tmp_path_factory.mktemp("bench_models")
@@ -94,7 +94,7 @@ def test_grid_guarantees(grid):
 
 
 def test_crafted_within_bounds(grid):
-    from pxd.data import load
+    from pxd.storage.data import load
 
     x, _ = load(f"cifar10:test[:{N}]", None)
     x = x.astype(int)
@@ -258,7 +258,7 @@ def test_paper_table_transcribed():
 
 
 def test_clf_all_expands_to_the_shipped_classifiers():
-    from pxd import shipped as zoo
+    from pxd.storage import shipped as zoo
 
     shipped = [e for e in zoo.entries() if e["kind"] == "classifier"
                and e["dataset"] == "cifar10"]

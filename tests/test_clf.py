@@ -15,8 +15,9 @@ import numpy as np
 import optax
 import pytest
 
-from pxd import attacks
-from pxd.classify import (
+from pxd.commands.attack import run_train_clf
+from pxd.core import attacks
+from pxd.core.classifier import (
     clf_config,
     craft,
     evaluate_accuracy,
@@ -28,11 +29,10 @@ from pxd.classify import (
     soft_targets,
     training_adversarial,
 )
-from pxd.commands.clf import run_train_clf
+from pxd.core.training import init_state, make_train_step, train_loop
 from pxd.errors import PxdError
-from pxd.imageio import read_images
 from pxd.models.classifiers import make_classifier
-from pxd.training import init_state, make_train_step, train_loop
+from pxd.storage.imageio import read_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.environ.get("PXD_DATA_DIR") or os.path.join(REPO, "..", "shared", "data")

@@ -54,8 +54,8 @@ _RESUME_HINT = {"purify": "rerun with --resume to continue",
 
 def _setup(devices: int | None, distributed: bool = False, quiet: bool = False,
            json_mode: bool = False, verbose: bool = False):
-    from pxd import devices as dev
-    from pxd.report import Reporter
+    from pxd.engine import devices as dev
+    from pxd.report.terminal import Reporter
 
     if verbose:
         quiet_third_party(False)
@@ -164,7 +164,7 @@ def zoo_cmd(
 
 def _steps(dataset: str, epochs: float | None, steps: int | None, batch_size: int) -> int | None:
     """--epochs or --steps as a step count (None: the preset's)."""
-    from pxd.data import DATASETS
+    from pxd.storage.data import DATASETS
 
     if epochs is not None and steps is not None:
         raise PxdError("give --epochs or --steps, not both")
@@ -176,7 +176,7 @@ def _steps(dataset: str, epochs: float | None, steps: int | None, batch_size: in
 
 
 def _check_dataset(dataset: str) -> None:
-    from pxd.data import DATASETS
+    from pxd.storage.data import DATASETS
 
     if dataset not in DATASETS:
         raise PxdError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
@@ -210,8 +210,8 @@ def train_density(
     verbose: Verbose = False,
 ):
     """Train the PixelCNN++ density model on clean images."""
-    from pxd.config import replace
-    from pxd.density import density_config
+    from pxd.configs.base import replace
+    from pxd.core.density import density_config
 
     _check_dataset(dataset)
     if hours is not None and (epochs is not None or steps is not None):
@@ -223,7 +223,7 @@ def train_density(
     steps = _steps(dataset, epochs, steps, cfg.batch_size)
     cfg = replace(cfg, steps=steps)
     rep = _setup(devices, distributed, quiet, json_out, verbose)
-    from pxd.commands.density import run_train_density
+    from pxd.commands.train import run_train_density
 
     run_train_density(cfg, out, resume=resume, hours=hours, keep_steps=steps is None,
                       resume_from=resume_from, data_dir=data_dir, rep=rep)
@@ -253,14 +253,14 @@ def train_clf(
     verbose: Verbose = False,
 ):
     """Train a classifier (ResNet or VGG; normal, adversarial or label-smoothing)."""
-    from pxd.classify import clf_config
-    from pxd.config import replace
+    from pxd.configs.base import replace
+    from pxd.core.classifier import clf_config
 
     _check_dataset(dataset)
     cfg = clf_config(dataset, arch, training, preset, batch_size=batch_size, seed=seed)
     cfg = replace(cfg, steps=_steps(dataset, epochs, steps, cfg.batch_size))
     rep = _setup(devices, distributed, quiet, json_out, verbose)
-    from pxd.commands.clf import run_train_clf
+    from pxd.commands.attack import run_train_clf
 
     run_train_clf(cfg, out, resume=resume, data_dir=data_dir, rep=rep)
 
@@ -291,7 +291,7 @@ def attack_cmd(
 ):
     """Craft adversarial examples against a trained classifier; writes an .npz."""
     rep = _setup(devices, distributed, quiet, json_out, verbose)
-    from pxd.commands.clf import run_attack
+    from pxd.commands.attack import run_attack
 
     run_attack(input, clf, attack=attack, eps=eps, out=out, batch_size=batch_size, steps=steps,
                restarts=restarts, seed=seed, data_dir=data_dir, rep=rep)

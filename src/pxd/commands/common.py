@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from pxd import data, imageio
 from pxd.errors import PxdError
+from pxd.storage import data, imageio
 
 
 def load_input(spec: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -19,14 +19,14 @@ def load_input(spec: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray 
 
 def resolve_density(path: str | None, shape: tuple[int, ...]):
     """(model, params, config, meta, path) of --density, or the shipped model for `shape`."""
-    from pxd.store import load_density
+    from pxd.storage.runs import load_density
 
     if path is None:
-        from pxd import shipped as zoo
+        from pxd.storage import shipped as zoo
 
         path = zoo.default_path("density", tuple(shape))
     model, params, cfg, meta = load_density(path)
-    from pxd.data import DATASETS
+    from pxd.storage.data import DATASETS
 
     want = DATASETS[cfg.dataset].shape
     if tuple(shape) != tuple(want):

@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 
-from pxd import imageio
 from pxd.commands.common import check_eps, load_input, resolve_density
 from pxd.errors import PxdError
-from pxd.report import Reporter
+from pxd.report.terminal import Reporter
+from pxd.storage import imageio
 
 METHODS = ("pixeldefend", "feature-squeeze")
 

@@ -6,10 +6,10 @@ import os
 
 import numpy as np
 
-from pxd import metrics
 from pxd.commands.common import load_input, resolve_density
+from pxd.core import metrics
 from pxd.errors import PxdError
-from pxd.report import Reporter
+from pxd.report.terminal import Reporter
 
 
 def score_bpd(density, x: np.ndarray, rep: Reporter, label: str,
@@ -38,7 +38,7 @@ def run_score(
     if batch_size < 1:
         raise PxdError(f"--batch-size must be positive, got {batch_size}")
     if plot_dir is not None:
-        from pxd import imageio
+        from pxd.storage import imageio
 
         imageio.check_writable(plot_dir, "--plot", folder=True)
     sets = {name: load_input(name, data_dir)[0] for name in inputs}
@@ -83,7 +83,7 @@ def run_score(
                         float(np.quantile(ref_bpd, 0.95)), "-"])
     rep.table(f"bits/dim under {os.path.basename(os.path.normpath(dpath))}", cols, rows)
     if plot_dir is not None:
-        from pxd import plots
+        from pxd.report import plots
 
         os.makedirs(plot_dir, exist_ok=True)
         plots.bpd_histograms(os.path.join(plot_dir, "bpd_hist.png"), hists)

@@ -8,11 +8,11 @@ import time
 
 import numpy as np
 
-from pxd import checkpoint, data
-from pxd import shipped as zoo
 from pxd.errors import PxdError
-from pxd.report import Reporter
-from pxd.store import machine
+from pxd.report.terminal import Reporter
+from pxd.storage import checkpoint, data
+from pxd.storage import shipped as zoo
+from pxd.storage.runs import machine
 
 
 def run_zoo_list(rep: Reporter) -> list[dict]:
@@ -60,7 +60,7 @@ def run_zoo_export(run_dir: str, name: str, *, default: bool, command: str,
     if kind == "density":
         from pxd.api import Density
         from pxd.commands.score import score_bpd
-        from pxd.store import load_density
+        from pxd.storage.runs import load_density
 
         model, params, cfg, meta = load_density(run_dir)
         x, _ = data.load(f"{cfg.dataset}:test", data_dir)
@@ -69,7 +69,7 @@ def run_zoo_export(run_dir: str, name: str, *, default: bool, command: str,
         card.update(dataset=cfg.dataset, preset=cfg.preset, test_bpd=float(np.mean(bpd)),
                     n_test=len(x), what=f"PixelCNN++ ({cfg.preset})")
     else:
-        from pxd.classify import evaluate_accuracy, load_classifier, make_logits_fn
+        from pxd.core.classifier import evaluate_accuracy, load_classifier, make_logits_fn
 
         model, variables, cfg, _ = load_classifier(run_dir)
         x, y = data.load(f"{cfg.dataset}:test", data_dir)
@@ -82,7 +82,7 @@ def run_zoo_export(run_dir: str, name: str, *, default: bool, command: str,
     if with_state:
         if kind != "density":
             raise PxdError("--with-state is for density runs")
-        from pxd.commands.density import template_state
+        from pxd.commands.train import template_state
 
         _, state = checkpoint.restore_state(run_dir, template_state(cfg))
     full = zoo.export(run_dir, name, kind=kind, default=default, card=card, zoo_dir=zoo_dir,

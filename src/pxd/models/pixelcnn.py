@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pxd.likelihood import (
+from pxd.models.mixture import (
     mixture_channel_scores,
     mixture_logits,
     mixture_nll,

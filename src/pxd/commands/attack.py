@@ -8,8 +8,9 @@ import time
 import jax
 import numpy as np
 
-from pxd import attacks, checkpoint, config, data, imageio
-from pxd.classify import (
+from pxd.configs import base as config
+from pxd.core import attacks
+from pxd.core.classifier import (
     ClfConfig,
     build_classifier,
     evaluate_accuracy,
@@ -21,10 +22,11 @@ from pxd.classify import (
     predict,
     validate,
 )
+from pxd.core.training import init_state, make_train_step, train_loop
 from pxd.errors import PxdError
-from pxd.report import Reporter
-from pxd.store import machine, params_digest
-from pxd.training import init_state, make_train_step, train_loop
+from pxd.report.terminal import Reporter
+from pxd.storage import checkpoint, data, imageio
+from pxd.storage.runs import machine, params_digest
 
 
 def run_train_clf(
@@ -185,8 +187,8 @@ def run_attack(
     `pred_adv`; by default beside the input. `clf` None: the zoo's default classifier for
     the images' shape. Every check runs before the attack.
     """
-    from pxd import shipped as zoo
-    from pxd.data import DATASETS
+    from pxd.storage import shipped as zoo
+    from pxd.storage.data import DATASETS
 
     rep = rep or Reporter(quiet=True)
     opts = _check_attack_args(attack, eps, out, batch_size, steps, restarts)

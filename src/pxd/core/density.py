@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from pxd.errors import PxdError
-from pxd.likelihood import bits_per_dim
+from pxd.models.mixture import bits_per_dim
 from pxd.models.pixelcnn import PIXELCNN_PRESETS, PixelCNN
 
 # Per-preset optimisation settings; `model` comes from PIXELCNN_PRESETS. The `cpu` preset
@@ -58,7 +58,7 @@ def density_config(dataset: str, preset: str, **overrides) -> DensityConfig:
     data = dict(TRAIN_PRESETS[preset], dataset=dataset, preset=preset,
                 model=dict(PIXELCNN_PRESETS[preset]))
     data.update({k: v for k, v in overrides.items() if v is not None})
-    from pxd.config import from_dict
+    from pxd.configs.base import from_dict
 
     cfg = from_dict(DensityConfig, data)
     if cfg.schedule not in ("exponential", "cosine"):
@@ -69,7 +69,7 @@ def density_config(dataset: str, preset: str, **overrides) -> DensityConfig:
 
 
 def make_density_optimizer(cfg: DensityConfig):
-    from pxd.training import lr_schedule, make_optimizer
+    from pxd.core.training import lr_schedule, make_optimizer
 
     return make_optimizer(lr_schedule(cfg.lr, schedule=cfg.schedule, lr_decay=cfg.lr_decay,
                                       warmup=cfg.warmup, steps=cfg.steps))
@@ -112,7 +112,7 @@ def make_bpd_fn(model: PixelCNN, exact: bool = False):
         v = {"params": params}
         h = model.apply(v, x, method=PixelCNN.features)
         if exact:
-            from pxd.likelihood import nll_from_logits
+            from pxd.models.mixture import nll_from_logits
 
             nll = nll_from_logits(model.apply(v, h, x, method=PixelCNN.logits), x)
         else:

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pxd import checkpoint, devices
+from pxd.engine import devices
+from pxd.storage import checkpoint
 
 
 class TrainState(NamedTuple):

@@ -28,10 +28,12 @@ import zlib
 
 import numpy as np
 
-from pxd import devices, imageio, metrics
 from pxd.commands.common import check_eps
+from pxd.core import metrics
+from pxd.engine import devices
 from pxd.errors import PxdError
-from pxd.report import Reporter
+from pxd.report.terminal import Reporter
+from pxd.storage import imageio
 
 DEFENCES = ("none", "feature-squeeze", "pixeldefend", "adaptive-pixeldefend")
 PAPER_ATTACKS = ("rand", "fgsm", "bim", "deepfool", "cw")  # `--attack all`
@@ -149,7 +151,7 @@ def parse_attack_opts(items: list[str] | None) -> dict[str, dict]:
 
     Keys are checked against the attack's keyword options (e.g. cw: search_steps,
     max_iterations; deepfool: max_iter; bim/pgd: steps)."""
-    from pxd import attacks
+    from pxd.core import attacks
 
     out: dict[str, dict] = {}
     for item in items or []:
@@ -311,7 +313,7 @@ class _Cache:
 def _craft_cached(cache: _Cache, m: dict, attack: str, e: int, opts: dict, x: np.ndarray,
                   y: np.ndarray, *, seed: int, batch_size: int, rep: Reporter) -> np.ndarray:
     """Oblivious attack on the classifier alone; key depends on (seed, attack, eps) only."""
-    from pxd.classify import craft
+    from pxd.core.classifier import craft
 
     # random starts fold in the batch index and CW's early abort is per batch
     tag = f"_b{batch_size}" if attack in BATCH_DEPENDENT_ATTACKS else ""
@@ -367,7 +369,7 @@ def _seed_key(seed: int, *parts):
 def _density_info(dens: dict) -> dict:
     """Identity and test bits/dim of the density model: the zoo card's full-test-split
     figure when shipped, else the run's best periodic evaluation."""
-    from pxd import shipped as zoo
+    from pxd.storage import shipped as zoo
 
     card = zoo.card_of(zoo.resolve(dens["path"]))
     bpd, bpd_n = card.get("test_bpd"), card.get("n_test")
@@ -378,10 +380,10 @@ def _density_info(dens: dict) -> dict:
 
 
 def _load_classifiers(paths: list[str | None], dataset: str | None):
-    from pxd import shipped as zoo
-    from pxd.classify import load_classifier, make_logits_fn
-    from pxd.data import DATASETS
-    from pxd.store import params_digest
+    from pxd.core.classifier import load_classifier, make_logits_fn
+    from pxd.storage import shipped as zoo
+    from pxd.storage.data import DATASETS
+    from pxd.storage.runs import params_digest
 
     ds = dataset or "cifar10"
     if "all" in paths:  # every shipped classifier for the dataset, default first
@@ -439,13 +441,15 @@ def run_bench(
     adaptive_threshold None: mean clean bits/dim of 256 test images disjoint from the
     evaluated ones (the last of the split) + 0.2, the paper's margin (3.2 vs 3.0).
     """
-    from pxd import adaptive, api, data
-    from pxd.classify import predict
-    from pxd.commands.density import evaluate_bpd
+    from pxd import api
+    from pxd.commands.train import evaluate_bpd
+    from pxd.core import adaptive
+    from pxd.core.classifier import predict
+    from pxd.core.density import make_bpd_fn
     from pxd.core.purify import make_purifier
-    from pxd.data import DATASETS
-    from pxd.density import make_bpd_fn
-    from pxd.store import machine, params_digest
+    from pxd.storage import data
+    from pxd.storage.data import DATASETS
+    from pxd.storage.runs import machine, params_digest
 
     rep = rep or Reporter(quiet=True)
     t_start = time.perf_counter()
@@ -721,7 +725,7 @@ def run_speed(out: str, *, density: str | None = None, batch_size: int = 32,
               data_dir: str | None = None, rep: Reporter | None = None, **sizes) -> dict:
     """`pxd bench --speed`: commands.speed.run_bench_speed, its JSON written to `out`
     (a .json path, or OUT/speed.json for a folder). `sizes` shrink it (tests)."""
-    from pxd.commands.speed import run_bench_speed
+    from pxd.commands.bench.speed import run_bench_speed
 
     path = out if out.endswith(".json") else os.path.join(out, "speed.json")
     imageio.check_writable(path, "--out")
@@ -816,7 +820,7 @@ def _report_md(info: dict) -> str:
 
 def _write_outputs(out: str, info: dict, x, y, per_image: dict, roc_by_eps: dict,
                    eps_list: list[int], rep: Reporter) -> None:
-    from pxd import plots
+    from pxd.report import plots
 
     imageio.write_json(os.path.join(out, "results.json"), _jsonable(info))
     imageio.atomic_write(os.path.join(out, "report.md"), lambda f: f.write(_report_md(info)),

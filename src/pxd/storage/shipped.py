@@ -13,7 +13,8 @@ import shutil
 
 from pxd.errors import PxdError
 
-ZOO_DIR = os.path.join(os.path.dirname(__file__), "zoo")
+# The package data folder pxd/zoo/ (this module lives in pxd/storage/).
+ZOO_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "zoo")
 
 
 def entries(zoo_dir: str = ZOO_DIR) -> list[dict]:
@@ -31,7 +32,7 @@ def entries(zoo_dir: str = ZOO_DIR) -> list[dict]:
 
 def card_of(path: str) -> dict:
     """The model card of a zoo entry directory; {} for a plain run directory."""
-    from pxd import checkpoint
+    from pxd.storage import checkpoint
 
     return checkpoint.read_json(path, "card.json")
 
@@ -57,7 +58,7 @@ def not_found_hint(path: str, kind: str) -> str:
 def default_path(kind: str, shape: tuple[int, ...], training: str | None = None,
                  arch: str | None = None) -> str:
     """The shipped default model of `kind` ('density' or 'classifier') for images of `shape`."""
-    from pxd.data import DATASETS
+    from pxd.storage.data import DATASETS
 
     for e in entries():
         if e.get("kind") != kind or tuple(DATASETS[e["dataset"]].shape) != tuple(shape):
@@ -82,8 +83,8 @@ def export(run_dir: str, name: str, *, kind: str, default: bool, card: dict,
 
     `state`, the run's full training state, is kept as train_state.msgpack so that
     `pxd train-density --resume-from NAME` can continue the run without its directory."""
-    from pxd import checkpoint
-    from pxd.store import run_params_path
+    from pxd.storage import checkpoint
+    from pxd.storage.runs import run_params_path
 
     params = checkpoint.load_params(run_params_path(run_dir))
     dest = os.path.join(zoo_dir, name)

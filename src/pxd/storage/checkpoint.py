@@ -49,7 +49,8 @@ def save_state(run_dir: str, step: int, state: Any, keep: int = 2) -> None:
 def check_run_dir(out: str, cfg: Any, *, resume: bool) -> None:
     """Refuse to overwrite a run, to resume nothing, or to resume with another config
     (apart from `steps`: a run may be extended)."""
-    from pxd import config, imageio
+    from pxd.configs import base as config
+    from pxd.storage import imageio
 
     imageio.check_writable(out, "--out", folder=True)
     cfg_path = os.path.join(out, "config.json")
@@ -65,7 +66,7 @@ def check_run_dir(out: str, cfg: Any, *, resume: bool) -> None:
 
 def write_config(out: str, cfg: Any) -> None:
     """The resolved config, saved beside the run's outputs."""
-    from pxd import config
+    from pxd.configs import base as config
 
     os.makedirs(out, exist_ok=True)
     _write_text(os.path.join(out, "config.json"), config.to_json(cfg))

@@ -9,8 +9,8 @@ import time
 import jax
 import numpy as np
 
-from pxd import checkpoint, config, data, devices
-from pxd.density import (
+from pxd.configs import base as config
+from pxd.core.density import (
     DensityConfig,
     build_model,
     init_params,
@@ -18,10 +18,12 @@ from pxd.density import (
     make_density_optimizer,
     make_loss_fn,
 )
+from pxd.core.training import init_state, make_train_step, train_loop
+from pxd.engine import devices
 from pxd.errors import PxdError
-from pxd.report import Reporter
-from pxd.store import machine, params_digest
-from pxd.training import init_state, make_train_step, train_loop
+from pxd.report.terminal import Reporter
+from pxd.storage import checkpoint, data
+from pxd.storage.runs import machine, params_digest
 
 
 def evaluate_bpd(bpd_fn, params, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -35,7 +37,7 @@ def initial_params(cfg: DensityConfig, model, shape, *, key: jax.Array):
     params = init_params(model, shape, key=key)
     if cfg.init_from is None:
         return params
-    from pxd.store import load_density
+    from pxd.storage.runs import load_density
 
     _, src, src_cfg, _ = load_density(cfg.init_from)
     if src_cfg.dataset != cfg.dataset or dict(src_cfg.model) != dict(cfg.model):
@@ -52,7 +54,7 @@ def initial_params(cfg: DensityConfig, model, shape, *, key: jax.Array):
 
 def template_state(cfg: DensityConfig):
     """A training state of the right structure for `cfg` (to restore checkpoints into)."""
-    from pxd.data import DATASETS
+    from pxd.storage.data import DATASETS
 
     shape = DATASETS[cfg.dataset].shape
     model = build_model(cfg.model, shape[-1])
@@ -63,7 +65,7 @@ def template_state(cfg: DensityConfig):
 def seed_from_zoo(name: str, out: str, steps: int | None) -> DensityConfig:
     """Make `out` a run directory holding a shipped model's training state, ready for
     --resume: its config (steps replaced when given), checkpoint and metrics."""
-    from pxd import shipped as zoo
+    from pxd.storage import shipped as zoo
 
     src = zoo.resolve(name)
     state_path = os.path.join(src, "train_state.msgpack")

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pxd.attacks import (
+from pxd.core.attacks import (
     budget,
     finish,
     pgd_step_size,
@@ -54,7 +54,7 @@ from pxd.attacks import (
     uniform_int_noise,
     xent,
 )
-from pxd.likelihood import bits_per_dim
+from pxd.models.mixture import bits_per_dim
 
 Defence = Callable[[jax.Array], jax.Array]  # float32 integral images -> float32 images
 # oracle(x, y) -> (ascent direction (N,H,W,C), loss (N,), misclassified (N,) bool)

@@ -36,9 +36,11 @@ import numpy as np
 import optax
 from jax import lax
 
-from pxd import attacks, checkpoint, devices
+from pxd.core import attacks
+from pxd.engine import devices
 from pxd.errors import PxdError
 from pxd.models.classifiers import CLASSIFIER_PRESETS, make_classifier
+from pxd.storage import checkpoint
 
 TRAININGS = ("normal", "adv-fgsm", "adv-bim", "label-smoothing")
 _ADV_METHOD = {"adv-fgsm": "fgsm", "adv-bim": "bim"}
@@ -99,7 +101,7 @@ def _tuples(v: Any) -> Any:
 
 
 def validate(cfg: ClfConfig) -> ClfConfig:
-    from pxd.data import DATASETS
+    from pxd.storage.data import DATASETS
 
     if cfg.dataset not in DATASETS:
         raise PxdError(f"unknown dataset '{cfg.dataset}' (choose from {', '.join(DATASETS)})")
@@ -118,7 +120,7 @@ def validate(cfg: ClfConfig) -> ClfConfig:
 
 def clf_config(dataset: str, arch: str, training: str, preset: str, **overrides) -> ClfConfig:
     """Resolve a preset into a full config; `overrides` that are None are ignored."""
-    from pxd.config import from_dict
+    from pxd.configs.base import from_dict
 
     if arch not in CLASSIFIER_PRESETS:
         raise PxdError(f"unknown arch '{arch}' (choose from {', '.join(CLASSIFIER_PRESETS)})")
@@ -132,7 +134,7 @@ def clf_config(dataset: str, arch: str, training: str, preset: str, **overrides)
 
 
 def build_classifier(cfg: ClfConfig):
-    from pxd.data import DATASETS
+    from pxd.storage.data import DATASETS
 
     model_cfg = {k: _tuples(v) for k, v in cfg.model.items()}
     return make_classifier(cfg.arch, model_cfg, DATASETS[cfg.dataset].num_classes)
@@ -342,9 +344,9 @@ def craft(attack_name: str, logits_fn, x: np.ndarray, y: np.ndarray, *, eps, key
 
 def load_classifier(path: str):
     """(model, variables, config, meta) of a `pxd train-clf` run dir or shipped model name."""
-    from pxd.config import load_json
-    from pxd.shipped import not_found_hint, resolve
-    from pxd.store import run_params_path
+    from pxd.configs.base import load_json
+    from pxd.storage.runs import run_params_path
+    from pxd.storage.shipped import not_found_hint, resolve
 
     path = resolve(path)
     cfg_path = os.path.join(path, "config.json")

@@ -8,8 +8,8 @@ import platform
 
 import jax
 
-from pxd import checkpoint
 from pxd.errors import PxdError
+from pxd.storage import checkpoint
 
 
 def machine() -> str:
@@ -37,10 +37,10 @@ def run_params_path(run_dir: str) -> str:
 
 def load_density(path: str):
     """(model, params, config, meta) of a density run directory or shipped model name."""
-    from pxd.config import load_json
-    from pxd.data import DATASETS
-    from pxd.density import DensityConfig, build_model
-    from pxd.shipped import not_found_hint, resolve
+    from pxd.configs.base import load_json
+    from pxd.core.density import DensityConfig, build_model
+    from pxd.storage.data import DATASETS
+    from pxd.storage.shipped import not_found_hint, resolve
 
     path = resolve(path)
     if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
