@@ -30,8 +30,8 @@ def models(tmp_path_factory, cifar):
 
     from pxd.commands.attack import run_train_clf
     from pxd.commands.train import run_train_density
-    from pxd.core.classifier import clf_config
-    from pxd.core.density import density_config
+    from pxd.configs.classifier import clf_config
+    from pxd.configs.pixelcnn import density_config
 
     data_dir = cifar  # skips without CIFAR-10
     root = tmp_path_factory.mktemp("bench_models")

@@ -13,10 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pxd.core.density import build_model, make_bpd_fn
+from pxd.configs.pixelcnn import PIXELCNN_PRESETS
+from pxd.core.likelihood import make_bpd_fn
 from pxd.core.metrics import p_values, roc_auc, roc_curve
 from pxd.core.purify import make_purifier
-from pxd.models.pixelcnn import PIXELCNN_PRESETS, PixelCNN
+from pxd.models.pixelcnn import PixelCNN, build_model
 
 NEAR_TIE = 1e-4  # float rounding may flip an argmax between scores closer than this
 METHODS = ("reference", "pixels", "rows", "jacobi")

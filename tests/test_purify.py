@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pxd.core.density import build_model
+from pxd.configs.pixelcnn import PIXELCNN_PRESETS
 from pxd.core.purify import feature_squeeze, first_difference_gaps, make_purifier
-from pxd.models.pixelcnn import PIXELCNN_PRESETS
+from pxd.models.pixelcnn import build_model
 
 NEAR_TIE = 1e-4
 

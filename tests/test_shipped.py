@@ -27,7 +27,7 @@ def _check_pin(name, prefix):
 
 def test_default_density_bits_per_dim_pinned(cifar):
 
-    from pxd.core.density import make_bpd_fn
+    from pxd.core.likelihood import make_bpd_fn
     from pxd.storage import data
     from pxd.storage.runs import load_density
 
@@ -42,8 +42,10 @@ def test_default_density_bits_per_dim_pinned(cifar):
 
 def test_default_classifier_accuracy_pinned(cifar):
 
-    from pxd.core.classifier import evaluate_accuracy, load_classifier, make_logits_fn
+    from pxd.engine.batched import evaluate_accuracy
+    from pxd.models.classifiers import make_logits_fn
     from pxd.storage import data
+    from pxd.storage.runs import load_classifier
 
     name, prefix, want, tol = CLF_PIN
     assert _entry(name)["default"]

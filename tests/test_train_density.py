@@ -8,11 +8,12 @@ import pytest
 
 from pxd.commands.train import run_train_density
 from pxd.configs.base import replace
-from pxd.core.density import build_model, density_config, init_params, make_loss_fn
+from pxd.configs.pixelcnn import PIXELCNN_PRESETS, density_config
+from pxd.core.losses import make_density_loss_fn as make_loss_fn
 from pxd.core.training import init_state, make_optimizer, make_train_step
 from pxd.engine import devices
 from pxd.errors import PxdError
-from pxd.models.pixelcnn import PIXELCNN_PRESETS
+from pxd.models.pixelcnn import build_model, init_params
 from pxd.storage import checkpoint
 from pxd.storage.runs import load_density, params_digest
 
@@ -36,8 +37,8 @@ def test_smoke_training_lowers_test_bpd(tmp_path, cifar):
     first, last = meta["evals"][0]["test_bpd"], meta["evals"][-1]["test_bpd"]
     model, params, _, _ = load_density(str(tmp_path / "r"))
     init = init_params(model, (32, 32, 3), key=jax.random.fold_in(jax.random.key(0), 0))
-    from pxd.commands.train import evaluate_bpd
-    from pxd.core.density import make_bpd_fn
+    from pxd.core.likelihood import make_bpd_fn
+    from pxd.engine.batched import evaluate_bpd
     from pxd.storage.data import load
 
     x, _ = load("cifar10:test[:64]", cifar)

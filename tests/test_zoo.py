@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pxd.commands.train import run_train_density
-from pxd.core.density import density_config
+from pxd.configs.pixelcnn import density_config
 from pxd.errors import PxdError
 from pxd.storage import shipped as zoo
 from pxd.storage.runs import load_density, params_digest
@@ -79,8 +79,8 @@ def test_shipped_entries_verify():
 
 
 def test_shipped_models_load_by_name_with_one_default_per_kind_and_shape():
-    from pxd.core.classifier import load_classifier
-    from pxd.storage.data import DATASETS
+    from pxd.configs.datasets import DATASETS
+    from pxd.storage.runs import load_classifier
 
     defaults = {}
     for e in zoo.entries():

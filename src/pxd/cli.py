@@ -164,7 +164,7 @@ def zoo_cmd(
 
 def _steps(dataset: str, epochs: float | None, steps: int | None, batch_size: int) -> int | None:
     """--epochs or --steps as a step count (None: the preset's)."""
-    from pxd.storage.data import DATASETS
+    from pxd.configs.datasets import DATASETS
 
     if epochs is not None and steps is not None:
         raise PxdError("give --epochs or --steps, not both")
@@ -176,7 +176,7 @@ def _steps(dataset: str, epochs: float | None, steps: int | None, batch_size: in
 
 
 def _check_dataset(dataset: str) -> None:
-    from pxd.storage.data import DATASETS
+    from pxd.configs.datasets import DATASETS
 
     if dataset not in DATASETS:
         raise PxdError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
@@ -211,7 +211,7 @@ def train_density(
 ):
     """Train the PixelCNN++ density model on clean images."""
     from pxd.configs.base import replace
-    from pxd.core.density import density_config
+    from pxd.configs.pixelcnn import density_config
 
     _check_dataset(dataset)
     if hours is not None and (epochs is not None or steps is not None):
@@ -254,7 +254,7 @@ def train_clf(
 ):
     """Train a classifier (ResNet or VGG; normal, adversarial or label-smoothing)."""
     from pxd.configs.base import replace
-    from pxd.core.classifier import clf_config
+    from pxd.configs.classifier import clf_config
 
     _check_dataset(dataset)
     cfg = clf_config(dataset, arch, training, preset, batch_size=batch_size, seed=seed)

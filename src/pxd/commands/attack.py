@@ -9,24 +9,18 @@ import jax
 import numpy as np
 
 from pxd.configs import base as config
+from pxd.configs.classifier import ClfConfig, validate
 from pxd.core import attacks
-from pxd.core.classifier import (
-    ClfConfig,
-    build_classifier,
-    evaluate_accuracy,
-    init_variables,
-    load_classifier,
-    make_clf_loss_fn,
-    make_clf_optimizer,
-    make_logits_fn,
-    predict,
-    validate,
-)
-from pxd.core.training import init_state, make_train_step, train_loop
+from pxd.core.losses import make_clf_loss_fn
+from pxd.core.training import init_state, make_clf_optimizer, make_train_step
+from pxd.engine.batched import evaluate_accuracy, predict
+from pxd.engine.devices import machine
+from pxd.engine.trainer import train_loop
 from pxd.errors import PxdError
+from pxd.models.classifiers import build_classifier, init_variables, make_logits_fn
 from pxd.report.terminal import Reporter
 from pxd.storage import checkpoint, data, imageio
-from pxd.storage.runs import machine, params_digest
+from pxd.storage.runs import load_classifier, params_digest
 
 
 def run_train_clf(
@@ -187,8 +181,8 @@ def run_attack(
     `pred_adv`; by default beside the input. `clf` None: the zoo's default classifier for
     the images' shape. Every check runs before the attack.
     """
+    from pxd.configs.datasets import DATASETS
     from pxd.storage import shipped as zoo
-    from pxd.storage.data import DATASETS
 
     rep = rep or Reporter(quiet=True)
     opts = _check_attack_args(attack, eps, out, batch_size, steps, restarts)

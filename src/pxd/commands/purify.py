@@ -10,10 +10,12 @@ import time
 
 import numpy as np
 
-from pxd.commands.common import check_eps, load_input, resolve_density
+from pxd.commands.common import load_input
+from pxd.configs.base import check_eps
 from pxd.errors import PxdError
 from pxd.report.terminal import Reporter
 from pxd.storage import imageio
+from pxd.storage.runs import resolve_density
 
 METHODS = ("pixeldefend", "feature-squeeze")
 

@@ -6,20 +6,11 @@ import os
 
 import numpy as np
 
-from pxd.commands.common import load_input, resolve_density
+from pxd.commands.common import bpd_with_progress, load_input
 from pxd.core import metrics
 from pxd.errors import PxdError
 from pxd.report.terminal import Reporter
-
-
-def score_bpd(density, x: np.ndarray, rep: Reporter, label: str,
-              batch_size: int = 64) -> np.ndarray:
-    """Bits/dim through the public API, with a progress bar."""
-    from pxd import api
-
-    with rep.progress(f"bits/dim {label}", total=len(x)) as advance:
-        return api.bits_per_dim(x, density=density, batch_size=batch_size,
-                                on_batch=lambda k: advance(k))
+from pxd.storage.runs import resolve_density
 
 
 def run_score(
@@ -54,7 +45,7 @@ def run_score(
         xr, _ = load_input(reference, data_dir)
         if xr.shape[1:] != next(iter(shapes)):
             raise PxdError(f"reference images are {xr.shape[1:]}, inputs {next(iter(shapes))}")
-        ref_bpd = score_bpd(dens, xr, rep, "reference", batch_size)
+        ref_bpd = bpd_with_progress(dens, xr, rep, "reference", batch_size)
     result = {"density": dpath, "inputs": {}}
     if ref_bpd is not None:
         result["reference"] = dict(metrics.summary(ref_bpd), spec=reference)
@@ -62,7 +53,7 @@ def run_score(
     if ref_bpd is not None:
         hists[f"reference {reference}"] = ref_bpd.tolist()
     for name, x in sets.items():
-        bpd = score_bpd(dens, x, rep, name, batch_size)
+        bpd = bpd_with_progress(dens, x, rep, name, batch_size)
         entry = dict(metrics.summary(bpd), bpd=[float(b) for b in bpd])
         hists[name] = bpd.tolist()
         row = [name, entry["n"], entry["mean"], entry["median"], entry["q05"], entry["q95"]]

@@ -10,25 +10,18 @@ import jax
 import numpy as np
 
 from pxd.configs import base as config
-from pxd.core.density import (
-    DensityConfig,
-    build_model,
-    init_params,
-    make_bpd_fn,
-    make_density_optimizer,
-    make_loss_fn,
-)
-from pxd.core.training import init_state, make_train_step, train_loop
-from pxd.engine import devices
+from pxd.configs.pixelcnn import DensityConfig
+from pxd.core.likelihood import make_bpd_fn
+from pxd.core.losses import make_density_loss_fn as make_loss_fn
+from pxd.core.training import init_state, make_density_optimizer, make_train_step
+from pxd.engine.batched import evaluate_bpd
+from pxd.engine.devices import machine
+from pxd.engine.trainer import budget_steps, train_loop
 from pxd.errors import PxdError
+from pxd.models.pixelcnn import build_model, init_params
 from pxd.report.terminal import Reporter
 from pxd.storage import checkpoint, data
-from pxd.storage.runs import machine, params_digest
-
-
-def evaluate_bpd(bpd_fn, params, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Per-image bits/dim of uint8 images, sharded over devices."""
-    return devices.map_batches(lambda xb: bpd_fn(params, xb), (x,), batch_size)
+from pxd.storage.runs import params_digest
 
 
 def initial_params(cfg: DensityConfig, model, shape, *, key: jax.Array):
@@ -54,7 +47,7 @@ def initial_params(cfg: DensityConfig, model, shape, *, key: jax.Array):
 
 def template_state(cfg: DensityConfig):
     """A training state of the right structure for `cfg` (to restore checkpoints into)."""
-    from pxd.storage.data import DATASETS
+    from pxd.configs.datasets import DATASETS
 
     shape = DATASETS[cfg.dataset].shape
     model = build_model(cfg.model, shape[-1])
@@ -86,21 +79,6 @@ def seed_from_zoo(name: str, out: str, steps: int | None) -> DensityConfig:
     checkpoint.write_meta(out, dict(meta, resumed_from=name))
     checkpoint.write_config(out, cfg)
     return cfg
-
-
-def budget_steps(hours: float, step_fn, state, batch: dict, *, key: jax.Array,
-                 n: int = 10) -> tuple[int, float]:
-    """Steps that fit in `hours`, from timing `n` steps (after one compile step) on a copy
-    of the state; returns (steps, seconds per step)."""
-    state = jax.tree_util.tree_map(jax.numpy.array, state)
-    state, m = step_fn(state, batch, key=key)
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        state, m = step_fn(state, batch, key=key)
-        jax.block_until_ready(m)
-    sec = (time.perf_counter() - t0) / n
-    return max(1, int(hours * 3600 / sec)), sec
 
 
 def run_train_density(

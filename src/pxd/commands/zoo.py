@@ -8,11 +8,12 @@ import time
 
 import numpy as np
 
+from pxd.commands.common import bpd_with_progress
+from pxd.engine.devices import machine
 from pxd.errors import PxdError
 from pxd.report.terminal import Reporter
 from pxd.storage import checkpoint, data
 from pxd.storage import shipped as zoo
-from pxd.storage.runs import machine
 
 
 def run_zoo_list(rep: Reporter) -> list[dict]:
@@ -59,17 +60,18 @@ def run_zoo_export(run_dir: str, name: str, *, default: bool, command: str,
             "measured": time.strftime("%Y-%m-%d"), "measured_on": machine()}
     if kind == "density":
         from pxd.api import Density
-        from pxd.commands.score import score_bpd
         from pxd.storage.runs import load_density
 
         model, params, cfg, meta = load_density(run_dir)
         x, _ = data.load(f"{cfg.dataset}:test", data_dir)
-        bpd = score_bpd(Density(model, params, cfg, run_dir, meta), x, rep,
+        bpd = bpd_with_progress(Density(model, params, cfg, run_dir, meta), x, rep,
                         f"{cfg.dataset} test")
         card.update(dataset=cfg.dataset, preset=cfg.preset, test_bpd=float(np.mean(bpd)),
                     n_test=len(x), what=f"PixelCNN++ ({cfg.preset})")
     else:
-        from pxd.core.classifier import evaluate_accuracy, load_classifier, make_logits_fn
+        from pxd.engine.batched import evaluate_accuracy
+        from pxd.models.classifiers import make_logits_fn
+        from pxd.storage.runs import load_classifier
 
         model, variables, cfg, _ = load_classifier(run_dir)
         x, y = data.load(f"{cfg.dataset}:test", data_dir)

@@ -73,3 +73,11 @@ def load_json(cls, path: str):
     except (OSError, json.JSONDecodeError) as e:
         raise PxdError(f"cannot read config {path}: {e}") from None
     return from_dict(cls, data)
+
+
+def check_eps(eps: float, name: str = "--eps") -> int:
+    if eps < 0 or eps > 255:
+        raise PxdError(f"{name} must be in [0, 255] (the 0-255 pixel scale), got {eps}")
+    if eps != int(eps):
+        raise PxdError(f"{name} must be an integer on the 0-255 scale, got {eps}")
+    return int(eps)

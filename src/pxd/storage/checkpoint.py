@@ -15,7 +15,9 @@ from typing import Any
 
 import jax
 
+from pxd.configs import base as config
 from pxd.errors import PxdError
+from pxd.storage import imageio
 
 
 def _ocp():
@@ -49,9 +51,6 @@ def save_state(run_dir: str, step: int, state: Any, keep: int = 2) -> None:
 def check_run_dir(out: str, cfg: Any, *, resume: bool) -> None:
     """Refuse to overwrite a run, to resume nothing, or to resume with another config
     (apart from `steps`: a run may be extended)."""
-    from pxd.configs import base as config
-    from pxd.storage import imageio
-
     imageio.check_writable(out, "--out", folder=True)
     cfg_path = os.path.join(out, "config.json")
     if os.path.exists(cfg_path):
@@ -66,8 +65,6 @@ def check_run_dir(out: str, cfg: Any, *, resume: bool) -> None:
 
 def write_config(out: str, cfg: Any) -> None:
     """The resolved config, saved beside the run's outputs."""
-    from pxd.configs import base as config
-
     os.makedirs(out, exist_ok=True)
     _write_text(os.path.join(out, "config.json"), config.to_json(cfg))
 
@@ -208,3 +205,13 @@ def model_kind(run_dir: str) -> str | None:
 
 def read_meta(run_dir: str) -> dict:
     return read_json(run_dir, "meta.json")
+
+
+def run_params_path(run_dir: str) -> str:
+    """The inference parameters of a run: a zoo entry's `params.msgpack`, else the run's
+    `best/`, else `final/`."""
+    for name in ("params.msgpack", "best", "final"):
+        p = os.path.join(run_dir, name)
+        if os.path.exists(p):
+            return p
+    raise PxdError(f"{run_dir} holds no trained parameters (best/ or final/)")

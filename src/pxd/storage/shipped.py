@@ -11,7 +11,9 @@ import json
 import os
 import shutil
 
+from pxd.configs.datasets import DATASETS
 from pxd.errors import PxdError
+from pxd.storage import checkpoint
 
 # The package data folder pxd/zoo/ (this module lives in pxd/storage/).
 ZOO_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "zoo")
@@ -32,8 +34,6 @@ def entries(zoo_dir: str = ZOO_DIR) -> list[dict]:
 
 def card_of(path: str) -> dict:
     """The model card of a zoo entry directory; {} for a plain run directory."""
-    from pxd.storage import checkpoint
-
     return checkpoint.read_json(path, "card.json")
 
 
@@ -58,8 +58,6 @@ def not_found_hint(path: str, kind: str) -> str:
 def default_path(kind: str, shape: tuple[int, ...], training: str | None = None,
                  arch: str | None = None) -> str:
     """The shipped default model of `kind` ('density' or 'classifier') for images of `shape`."""
-    from pxd.storage.data import DATASETS
-
     for e in entries():
         if e.get("kind") != kind or tuple(DATASETS[e["dataset"]].shape) != tuple(shape):
             continue
@@ -83,10 +81,7 @@ def export(run_dir: str, name: str, *, kind: str, default: bool, card: dict,
 
     `state`, the run's full training state, is kept as train_state.msgpack so that
     `pxd train-density --resume-from NAME` can continue the run without its directory."""
-    from pxd.storage import checkpoint
-    from pxd.storage.runs import run_params_path
-
-    params = checkpoint.load_params(run_params_path(run_dir))
+    params = checkpoint.load_params(checkpoint.run_params_path(run_dir))
     dest = os.path.join(zoo_dir, name)
     tmp = dest + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)

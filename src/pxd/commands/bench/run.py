@@ -28,7 +28,7 @@ import zlib
 
 import numpy as np
 
-from pxd.commands.common import check_eps
+from pxd.configs.base import check_eps
 from pxd.core import metrics
 from pxd.engine import devices
 from pxd.errors import PxdError
@@ -313,7 +313,7 @@ class _Cache:
 def _craft_cached(cache: _Cache, m: dict, attack: str, e: int, opts: dict, x: np.ndarray,
                   y: np.ndarray, *, seed: int, batch_size: int, rep: Reporter) -> np.ndarray:
     """Oblivious attack on the classifier alone; key depends on (seed, attack, eps) only."""
-    from pxd.core.classifier import craft
+    from pxd.engine.batched import craft
 
     # random starts fold in the batch index and CW's early abort is per batch
     tag = f"_b{batch_size}" if attack in BATCH_DEPENDENT_ATTACKS else ""
@@ -380,10 +380,10 @@ def _density_info(dens: dict) -> dict:
 
 
 def _load_classifiers(paths: list[str | None], dataset: str | None):
-    from pxd.core.classifier import load_classifier, make_logits_fn
+    from pxd.configs.datasets import DATASETS
+    from pxd.models.classifiers import make_logits_fn
     from pxd.storage import shipped as zoo
-    from pxd.storage.data import DATASETS
-    from pxd.storage.runs import params_digest
+    from pxd.storage.runs import load_classifier, params_digest
 
     ds = dataset or "cifar10"
     if "all" in paths:  # every shipped classifier for the dataset, default first
@@ -442,14 +442,14 @@ def run_bench(
     evaluated ones (the last of the split) + 0.2, the paper's margin (3.2 vs 3.0).
     """
     from pxd import api
-    from pxd.commands.train import evaluate_bpd
+    from pxd.configs.datasets import DATASETS
     from pxd.core import adaptive
-    from pxd.core.classifier import predict
-    from pxd.core.density import make_bpd_fn
+    from pxd.core.likelihood import make_bpd_fn
     from pxd.core.purify import make_purifier
+    from pxd.engine.batched import evaluate_bpd, predict
+    from pxd.engine.devices import machine
     from pxd.storage import data
-    from pxd.storage.data import DATASETS
-    from pxd.storage.runs import machine, params_digest
+    from pxd.storage.runs import params_digest
 
     rep = rep or Reporter(quiet=True)
     t_start = time.perf_counter()
@@ -483,7 +483,7 @@ def run_bench(
     timings: dict[str, float] = {}
 
     # ---- density model: defences, detection, adaptive threshold
-    from pxd.commands.common import resolve_density
+    from pxd.storage.runs import resolve_density
 
     needs_density = any(d in defence_names for d in ("pixeldefend", "adaptive-pixeldefend"))
     dens = None
