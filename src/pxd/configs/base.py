@@ -67,6 +67,7 @@ def to_json(cfg) -> str:
 
 
 def load_json(cls, path: str):
+    """The config saved at `path` (a config.json); unknown keys are errors."""
     try:
         with open(path) as f:
             data = json.load(f)
@@ -75,7 +76,20 @@ def load_json(cls, path: str):
     return from_dict(cls, data)
 
 
+def loads(cls, text: str):
+    """A config from its JSON text (e.g. the `config` member of an output .npz)."""
+    try:
+        data = json.loads(str(text))
+    except json.JSONDecodeError as e:
+        raise PxdError(f"cannot read config: {e}") from None
+    if not isinstance(data, dict):
+        raise PxdError("cannot read config: expected a JSON object")
+    return from_dict(cls, data)
+
+
 def check_eps(eps: float, name: str = "--eps") -> int:
+    """An epsilon given on the 0..255 pixel scale, as the integer every purifier and attack
+    uses; anything else is a one-line error naming the option."""
     if eps < 0 or eps > 255:
         raise PxdError(f"{name} must be in [0, 255] (the 0-255 pixel scale), got {eps}")
     if eps != int(eps):
