@@ -63,6 +63,14 @@ def _setup(devices: int | None, distributed: bool = False, quiet: bool = False,
     return Reporter(quiet=quiet, json_mode=json_mode)
 
 
+def _config(name: str, **fields):
+    """The command's frozen config (`pxd.configs.commands.<name>`) from its options."""
+    from pxd.configs import commands
+    from pxd.configs.base import from_dict
+
+    return from_dict(getattr(commands, name), fields)
+
+
 def _version(value: bool):
     if value:
         typer.echo(f"pxd {__version__}")
@@ -98,8 +106,8 @@ def score(
     rep = _setup(devices, False, quiet, json_out, verbose)
     from pxd.commands.score import run_score
 
-    run_score(inputs, density=density, reference=reference, plot_dir=plot, data_dir=data_dir,
-              batch_size=batch_size, rep=rep)
+    run_score(_config("ScoreConfig", inputs=inputs, density=density, reference=reference,
+                      plot_dir=plot, data_dir=data_dir, batch_size=batch_size), rep=rep)
 
 
 @app.command("purify")
@@ -129,9 +137,10 @@ def purify(
     rep = _setup(devices, distributed, quiet, json_out, verbose)
     from pxd.commands.purify import run_purify
 
-    run_purify(input, out, eps=eps, method=method, density=density,
-               adaptive_threshold=adaptive_threshold, grid=grid, resume=resume, chunk=chunk,
-               batch_size=batch_size, data_dir=data_dir, rep=rep)
+    run_purify(_config("PurifyConfig", input=input, out=out, eps=eps, method=method,
+                       density=density, adaptive_threshold=adaptive_threshold, grid=grid,
+                       resume=resume, chunk=chunk, batch_size=batch_size, data_dir=data_dir),
+               rep=rep)
 
 
 @app.command("zoo")
@@ -156,8 +165,9 @@ def zoo_cmd(
     from pxd.commands.zoo import run_zoo_export, run_zoo_list
 
     if export is not None:
-        run_zoo_export(export, name, default=default, command=train_command,
-                       data_dir=data_dir, rep=rep, with_state=with_state)
+        run_zoo_export(_config("ZooExportConfig", run_dir=export, name=name, default=default,
+                               command=train_command, data_dir=data_dir,
+                               with_state=with_state), rep=rep)
         return
     run_zoo_list(rep)
 
@@ -293,8 +303,9 @@ def attack_cmd(
     rep = _setup(devices, distributed, quiet, json_out, verbose)
     from pxd.commands.attack import run_attack
 
-    run_attack(input, clf, attack=attack, eps=eps, out=out, batch_size=batch_size, steps=steps,
-               restarts=restarts, seed=seed, data_dir=data_dir, rep=rep)
+    run_attack(_config("AttackConfig", input=input, clf=clf, attack=attack, eps=eps, out=out,
+                       batch_size=batch_size, steps=steps, restarts=restarts, seed=seed,
+                       data_dir=data_dir), rep=rep)
 
 
 # --- end classifiers and attacks ---
@@ -351,17 +362,16 @@ def bench(
     attack_opts = bench_cmd.parse_attack_opts(attack_opt)
     rep = _setup(devices, distributed, quiet, json_out, verbose)
     if speed:
-        bench_cmd.run_speed(out, density=density, batch_size=batch_size, data_dir=data_dir,
-                            rep=rep)
+        bench_cmd.run_speed(_config("SpeedConfig", out=out, density=density,
+                                    batch_size=batch_size, data_dir=data_dir), rep=rep)
         return
-    bench_cmd.run_bench(
-        attacks=attack, eps_attack=eps_attack, clfs=clf, density=density, defenses=defense,
-        eps_defend=eps_defend, adaptive_threshold=adaptive_threshold, n=n, dataset=dataset,
-        out=out, adaptive_steps=adaptive_steps, adaptive_n=adaptive_n,
+    bench_cmd.run_bench(_config(
+        "BenchConfig", attacks=attack, eps_attack=eps_attack, clfs=clf, density=density,
+        defenses=defense, eps_defend=eps_defend, adaptive_threshold=adaptive_threshold, n=n,
+        dataset=dataset, out=out, adaptive_steps=adaptive_steps, adaptive_n=adaptive_n,
         adaptive_bpd_weight=adaptive_bpd_weight, restarts=restarts, seed=seed,
-        batch_size=batch_size, attack_opts=attack_opts,
-        command=" ".join(["pxd"] + _ARGS), data_dir=data_dir, rep=rep,
-    )
+        batch_size=batch_size, attack_opts=attack_opts, command=" ".join(["pxd"] + _ARGS),
+        data_dir=data_dir), rep=rep)
 
 
 # --- end bench ---

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -9,7 +10,9 @@ import jax
 import numpy as np
 
 from pxd.configs import base as config
+from pxd.configs.base import config_from, to_json
 from pxd.configs.classifier import ClfConfig, validate
+from pxd.configs.commands import AttackConfig
 from pxd.core import attacks
 from pxd.core.losses import make_clf_loss_fn
 from pxd.core.training import init_state, make_clf_optimizer, make_train_step
@@ -159,28 +162,22 @@ def _check_attack_args(attack: str, eps: float, out: str | None, batch_size: int
     return opts
 
 
-def run_attack(
-    input: str,
-    clf: str | None = None,
-    *,
-    attack: str = "fgsm",
-    eps: float = 8.0,
-    out: str | None = None,
-    batch_size: int = 100,
-    steps: int | None = None,
-    restarts: int | None = None,
-    seed: int = 0,
-    data_dir: str | None = None,
-    rep: Reporter | None = None,
-) -> dict:
+def run_attack(cfg: AttackConfig | str, clf: str | None = None, *,
+               rep: Reporter | None = None, **options) -> dict:
     """Attack images with a trained classifier and write `out` (.npz).
 
     INPUT is a dataset spec (labels from it) or an image file/folder (labels from the file
     if it has them, else the classifier's clean predictions). The npz holds `x` (adversarial
     uint8, so `read_images` picks them up), `y` (labels used), `x_clean`, `pred_clean` and
     `pred_adv`; by default beside the input. `clf` None: the zoo's default classifier for
-    the images' shape. Every check runs before the attack.
+    the images' shape. Every check runs before the attack. `cfg`: an AttackConfig, or the
+    input with the other fields as keywords; the resolved config is saved in the npz as its
+    `config` member (JSON).
     """
+    cfg = config_from(AttackConfig, cfg, "input", clf=clf, **options)
+    input, clf, attack, eps, out = cfg.input, cfg.clf, cfg.attack, cfg.eps, cfg.out
+    batch_size, steps, restarts, seed, data_dir = (cfg.batch_size, cfg.steps, cfg.restarts,
+                                                    cfg.seed, cfg.data_dir)
     from pxd.configs.datasets import DATASETS
     from pxd.storage import shipped as zoo
 
@@ -194,6 +191,7 @@ def run_attack(
         label_source = "file" if y is not None else "predicted"
     if out is None:
         out = imageio.default_output(input, f"{attack}-eps{eps:g}")
+        cfg = dataclasses.replace(cfg, out=out)
     imageio.check_writable(out, "--out")
     if clf is None:
         clf = zoo.default_path("classifier", tuple(x.shape[1:]))
@@ -227,7 +225,8 @@ def run_attack(
     linf = np.abs(diff).reshape(n, -1).max(1)
     l2 = np.sqrt((diff.reshape(n, -1) ** 2).sum(1))
     correct = pred_clean == y
-    imageio.write_npz(out, x=x_adv, y=y, x_clean=x, pred_clean=pred_clean, pred_adv=pred_adv)
+    imageio.write_npz(out, x=x_adv, y=y, x_clean=x, pred_clean=pred_clean, pred_adv=pred_adv,
+                      config=np.asarray(to_json(cfg)))
     result = {
         "out": out, "attack": attack, "eps": eps, "n": n, "labels": label_source,
         "acc_clean": float(correct.mean()), "acc_adv": float((pred_adv == y).mean()),

@@ -1,7 +1,14 @@
-"""`pxd purify`: PixelDefend (plain or adaptive) or feature squeezing, chunked and resumable."""
+"""`pxd purify`: PixelDefend (plain or adaptive) or feature squeezing, chunked and resumable.
+
+Without --out the result goes to INPUT.purified.npz beside the input (`pixels/` ->
+`pixels.purified.npz`; a dataset spec -> that name in the working folder). Finished chunks
+wait in OUT.partial/ (with job.json, the settings they belong to) until the whole output is
+written, so --resume continues an interrupted run and a run with other settings starts over.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -11,7 +18,8 @@ import time
 import numpy as np
 
 from pxd.commands.common import load_input
-from pxd.configs.base import check_eps
+from pxd.configs.base import check_eps, config_from, to_json
+from pxd.configs.commands import PurifyConfig
 from pxd.errors import PxdError
 from pxd.report.terminal import Reporter
 from pxd.storage import imageio
@@ -34,26 +42,22 @@ def _job_id(x: np.ndarray, settings: dict) -> str:
     return h.hexdigest()
 
 
-def run_purify(
-    input_spec: str,
-    out: str | None = None,
-    *,
-    eps: float = 16,
-    method: str = "pixeldefend",
-    density: str | None = None,
-    adaptive_threshold: float | None = None,
-    grid: str | None = None,
-    resume: bool = False,
-    chunk: int = 256,
-    batch_size: int = 32,
-    data_dir: str | None = None,
-    rep: Reporter | None = None,
-) -> dict:
+def run_purify(cfg: PurifyConfig | str, out: str | None = None, *,
+               rep: Reporter | None = None, **options) -> dict:
+    """Purify INPUT into OUT (.npz: x, x_input, eps, y, bpd_before/after, config).
+
+    `cfg`: a PurifyConfig, or the input with the other fields as keywords (unknown keys are
+    errors). The resolved config is saved in the output as its `config` member (JSON)."""
+    cfg = config_from(PurifyConfig, cfg, "input", out=out, **options)
+    input_spec, out, eps, method = cfg.input, cfg.out, cfg.eps, cfg.method
+    density, adaptive_threshold, grid = cfg.density, cfg.adaptive_threshold, cfg.grid
+    resume, chunk, batch_size, data_dir = cfg.resume, cfg.chunk, cfg.batch_size, cfg.data_dir
     rep = rep or Reporter(quiet=True)
     if method not in METHODS:
         raise PxdError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
     if out is None:
         out = imageio.default_output(input_spec, "purified")
+        cfg = dataclasses.replace(cfg, out=out)
     if not out.endswith(".npz"):
         raise PxdError(f"--out must name a .npz file, got {out}")
     e = check_eps(eps)
@@ -129,7 +133,7 @@ def run_purify(
              for f in sorted(os.listdir(part_dir)) if f.endswith(".npz")]
     xp = np.concatenate([p["x"] for p in parts])
     eps_used = np.concatenate([p["eps"] for p in parts])
-    result_arrays = {"x": xp, "x_input": x, "eps": eps_used}
+    result_arrays = {"x": xp, "x_input": x, "eps": eps_used, "config": np.asarray(to_json(cfg))}
     if y is not None:
         result_arrays["y"] = y
     summary = {"input": input_spec, "out": out, "n": n, "method": method,

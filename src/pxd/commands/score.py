@@ -7,30 +7,32 @@ import os
 import numpy as np
 
 from pxd.commands.common import bpd_with_progress, load_input
+from pxd.configs.base import config_from, to_json
+from pxd.configs.commands import ScoreConfig
 from pxd.core import metrics
 from pxd.errors import PxdError
 from pxd.report.terminal import Reporter
+from pxd.storage import imageio
 from pxd.storage.runs import resolve_density
 
 
-def run_score(
-    inputs: list[str],
-    *,
-    density: str | None = None,
-    reference: str | None = None,
-    plot_dir: str | None = None,
-    data_dir: str | None = None,
-    batch_size: int = 64,
-    rep: Reporter | None = None,
-) -> dict:
+def run_score(cfg: ScoreConfig | list[str], *, rep: Reporter | None = None,
+              **options) -> dict:
+    """Bits/dim of each input (and ROC AUC and p-values against `reference`); with
+    `plot_dir`, figures and the resolved config (config.json) go there. `cfg`: a ScoreConfig,
+    or the inputs with the other fields as keywords."""
+    if not isinstance(cfg, ScoreConfig):
+        cfg = config_from(ScoreConfig, tuple(cfg), "inputs", **options)
+    elif options:
+        cfg = config_from(ScoreConfig, cfg, "inputs", **options)
+    inputs, density, reference = list(cfg.inputs), cfg.density, cfg.reference
+    plot_dir, data_dir, batch_size = cfg.plot_dir, cfg.data_dir, cfg.batch_size
     rep = rep or Reporter(quiet=True)
     if not inputs:
         raise PxdError("give at least one INPUT (file, folder or dataset spec)")
     if batch_size < 1:
         raise PxdError(f"--batch-size must be positive, got {batch_size}")
     if plot_dir is not None:
-        from pxd.storage import imageio
-
         imageio.check_writable(plot_dir, "--plot", folder=True)
     sets = {name: load_input(name, data_dir)[0] for name in inputs}
     shapes = {x.shape[1:] for x in sets.values()}
@@ -77,6 +79,8 @@ def run_score(
         from pxd.report import plots
 
         os.makedirs(plot_dir, exist_ok=True)
+        imageio.atomic_write(os.path.join(plot_dir, "config.json"),
+                             lambda f: f.write(to_json(cfg) + "\n"), mode="w")
         plots.bpd_histograms(os.path.join(plot_dir, "bpd_hist.png"), hists)
         if curves:
             plots.roc_curves(os.path.join(plot_dir, "roc.png"), curves,

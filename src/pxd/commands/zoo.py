@@ -9,6 +9,8 @@ import time
 import numpy as np
 
 from pxd.commands.common import bpd_with_progress
+from pxd.configs.base import config_from
+from pxd.configs.commands import ZooExportConfig
 from pxd.engine.devices import machine
 from pxd.errors import PxdError
 from pxd.report.terminal import Reporter
@@ -46,11 +48,16 @@ def exported_step(run_dir: str, meta: dict) -> int | None:
     return meta.get("step") or checkpoint.latest_step(run_dir)
 
 
-def run_zoo_export(run_dir: str, name: str, *, default: bool, command: str,
-                   data_dir: str | None, rep: Reporter, zoo_dir: str = zoo.ZOO_DIR,
-                   with_state: bool = False) -> dict:
+def run_zoo_export(cfg: ZooExportConfig | str, name: str | None = None, *,
+                   rep: Reporter | None = None, zoo_dir: str = zoo.ZOO_DIR,
+                   **options) -> dict:
     """Measure a run on its full test split and copy its inference parameters into the zoo;
-    `with_state` also keeps its latest training state (density runs) for --resume-from."""
+    `with_state` also keeps its latest training state (density runs) for --resume-from.
+    `cfg`: a ZooExportConfig, or the run dir with the other fields as keywords."""
+    ec = config_from(ZooExportConfig, cfg, "run_dir", name=name, **options)
+    run_dir, name, default, command = ec.run_dir, ec.name, ec.default, ec.command
+    data_dir, with_state = ec.data_dir, ec.with_state
+    rep = rep or Reporter(quiet=True)
     if not os.path.exists(os.path.join(run_dir, "config.json")):
         raise PxdError(f"{run_dir} is not a pxd run directory")
     kind = _kind(run_dir)
@@ -65,7 +72,7 @@ def run_zoo_export(run_dir: str, name: str, *, default: bool, command: str,
         model, params, cfg, meta = load_density(run_dir)
         x, _ = data.load(f"{cfg.dataset}:test", data_dir)
         bpd = bpd_with_progress(Density(model, params, cfg, run_dir, meta), x, rep,
-                        f"{cfg.dataset} test")
+                                f"{cfg.dataset} test")
         card.update(dataset=cfg.dataset, preset=cfg.preset, test_bpd=float(np.mean(bpd)),
                     n_test=len(x), what=f"PixelCNN++ ({cfg.preset})")
     else:

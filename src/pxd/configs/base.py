@@ -55,6 +55,24 @@ def from_dict(cls, data: dict) -> Any:
         raise PxdError(f"{cls.__name__}: {e}") from None
 
 
+def config_from(cls, given, first: str, **fields):
+    """`given` itself when it is a `cls` (then no other fields may be given); else a `cls`
+    built by `from_dict` with `given` as field `first` and the other fields as given, so
+    `run_purify("in.npz", eps=4)` and `run_purify(PurifyConfig("in.npz", eps=4))` agree."""
+    if isinstance(given, cls):
+        extra = sorted(k for k, v in fields.items() if v is not None)
+        if extra:
+            raise PxdError(f"give a {cls.__name__} or its fields, not both ({', '.join(extra)})")
+        return given
+    fields = {k: v for k, v in fields.items() if v is not None or k not in _defaults(cls)}
+    return from_dict(cls, {first: given, **fields})
+
+
+def _defaults(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+
 def replace(cfg, **changes):
     """`dataclasses.replace` with the same strictness as `from_dict`."""
     data = dataclasses.asdict(cfg)
