@@ -27,8 +27,7 @@ def test_public_names_stay():
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, cifar):
 
-    from pxd.commands.attack import run_train_clf
-    from pxd.commands.train import run_train_density
+    from pxd.commands.train import run_train_clf, run_train_density
     from pxd.configs.classifier import clf_config
     from pxd.configs.pixelcnn import density_config
     from pxd.storage import data

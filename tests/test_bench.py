@@ -28,8 +28,7 @@ FAST_OPTS = {"deepfool": {"max_iter": 3}, "cw": {"search_steps": 1, "max_iterati
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, cifar):
 
-    from pxd.commands.attack import run_train_clf
-    from pxd.commands.train import run_train_density
+    from pxd.commands.train import run_train_clf, run_train_density
     from pxd.configs.classifier import clf_config
     from pxd.configs.pixelcnn import density_config
 

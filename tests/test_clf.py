@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from pxd.commands.attack import run_train_clf
+from pxd.commands.train import run_train_clf
 from pxd.configs.classifier import clf_config
 from pxd.core import attacks
 from pxd.core.losses import make_clf_loss_fn, soft_targets, training_adversarial

@@ -148,7 +148,7 @@ def test_init_from_starts_at_the_source_and_resumes_exactly(tmp_path, cifar):
     run_train_density(_cfg(steps=8, ckpt_every=8), src, data_dir=cifar)
     _, p_src, _, _ = load_density(src)
     cfg = _cfg(init_from=src, schedule="cosine", warmup=2, steps=10, ckpt_every=5)
-    from pxd.commands.train import initial_params
+    from pxd.engine.jobs import initial_params
 
     model = build_model(cfg.model, 3)
     p0 = initial_params(cfg, model, (32, 32, 3), key=jax.random.key(9))

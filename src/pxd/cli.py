@@ -172,26 +172,6 @@ def zoo_cmd(
     run_zoo_list(rep)
 
 
-def _steps(dataset: str, epochs: float | None, steps: int | None, batch_size: int) -> int | None:
-    """--epochs or --steps as a step count (None: the preset's)."""
-    from pxd.configs.datasets import DATASETS
-
-    if epochs is not None and steps is not None:
-        raise PxdError("give --epochs or --steps, not both")
-    if epochs is not None:
-        if not epochs > 0:
-            raise PxdError(f"--epochs must be positive, got {epochs:g}")
-        return max(1, round(epochs * DATASETS[dataset].splits["train"] / batch_size))
-    return steps
-
-
-def _check_dataset(dataset: str) -> None:
-    from pxd.configs.datasets import DATASETS
-
-    if dataset not in DATASETS:
-        raise PxdError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
-
-
 @app.command("train-density")
 def train_density(
     out: Annotated[str, typer.Option("--out", help="Run directory (config, checkpoints).")],
@@ -221,16 +201,17 @@ def train_density(
 ):
     """Train the PixelCNN++ density model on clean images."""
     from pxd.configs.base import replace
+    from pxd.configs.datasets import check_dataset, training_steps
     from pxd.configs.pixelcnn import density_config
 
-    _check_dataset(dataset)
+    check_dataset(dataset)
     if hours is not None and (epochs is not None or steps is not None):
         raise PxdError("give one budget: --epochs, --steps or --hours")
     if lr is not None and not lr > 0:
         raise PxdError(f"--lr must be positive, got {lr:g}")
     cfg = density_config(dataset, preset, batch_size=batch_size, seed=seed, lr=lr,
                          schedule=schedule, init_from=init_from)
-    steps = _steps(dataset, epochs, steps, cfg.batch_size)
+    steps = training_steps(dataset, epochs, steps, cfg.batch_size)
     cfg = replace(cfg, steps=steps)
     rep = _setup(devices, distributed, quiet, json_out, verbose)
     from pxd.commands.train import run_train_density
@@ -265,12 +246,13 @@ def train_clf(
     """Train a classifier (ResNet or VGG; normal, adversarial or label-smoothing)."""
     from pxd.configs.base import replace
     from pxd.configs.classifier import clf_config
+    from pxd.configs.datasets import check_dataset, training_steps
 
-    _check_dataset(dataset)
+    check_dataset(dataset)
     cfg = clf_config(dataset, arch, training, preset, batch_size=batch_size, seed=seed)
-    cfg = replace(cfg, steps=_steps(dataset, epochs, steps, cfg.batch_size))
+    cfg = replace(cfg, steps=training_steps(dataset, epochs, steps, cfg.batch_size))
     rep = _setup(devices, distributed, quiet, json_out, verbose)
-    from pxd.commands.attack import run_train_clf
+    from pxd.commands.train import run_train_clf
 
     run_train_clf(cfg, out, resume=resume, data_dir=data_dir, rep=rep)
 

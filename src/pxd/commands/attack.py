@@ -1,4 +1,4 @@
-"""`pxd train-clf` and `pxd attack`."""
+"""`pxd attack`: adversarial examples against a classifier, written to one .npz."""
 
 from __future__ import annotations
 
@@ -9,128 +9,15 @@ import time
 import jax
 import numpy as np
 
-from pxd.configs import base as config
 from pxd.configs.base import config_from, to_json
-from pxd.configs.classifier import ClfConfig, validate
 from pxd.configs.commands import AttackConfig
 from pxd.core import attacks
-from pxd.core.losses import make_clf_loss_fn
-from pxd.core.training import init_state, make_clf_optimizer, make_train_step
-from pxd.engine.batched import evaluate_accuracy, predict
-from pxd.engine.devices import machine
-from pxd.engine.trainer import train_loop
+from pxd.engine.batched import predict
 from pxd.errors import PxdError
-from pxd.models.classifiers import build_classifier, init_variables, make_logits_fn
+from pxd.models.classifiers import make_logits_fn
 from pxd.report.terminal import Reporter
-from pxd.storage import checkpoint, data, imageio
-from pxd.storage.runs import load_classifier, params_digest
-
-
-def run_train_clf(
-    cfg: ClfConfig,
-    out: str,
-    *,
-    resume: bool = False,
-    data_dir: str | None = None,
-    rep: Reporter | None = None,
-    stop_after: int | None = None,
-) -> dict:
-    """Train a classifier into the run dir `out`; `best/` holds the latest evaluated variables.
-
-    `best/` is not selected by test accuracy (that would bias `test_acc`); it is rewritten at
-    every evaluation and at the end, so a killed run still has usable parameters.
-    """
-    rep = rep or Reporter(quiet=True)
-    validate(cfg)
-    checkpoint.check_run_dir(out, cfg, resume=resume)
-
-    x_train, y_train = data.load(f"{cfg.dataset}:{cfg.train_split}", data_dir)
-    x_eval, y_eval = data.load(f"{cfg.dataset}:{cfg.test_split}[:{cfg.eval_n}]", data_dir)
-    checkpoint.write_config(out, cfg)
-
-    model = build_classifier(cfg)
-    key = jax.random.key(cfg.seed)
-    variables = init_variables(model, x_train.shape[1:], key=jax.random.fold_in(key, 0))
-    tx = make_clf_optimizer(cfg)
-    state = init_state(variables["params"], variables["batch_stats"], tx)
-    if resume:
-        _, state = checkpoint.restore_state(out, jax.device_get(state))
-    nparams = sum(a.size for a in jax.tree_util.tree_leaves(variables["params"]))
-    rep.info(f"train-clf: {cfg.dataset} {cfg.arch} training={cfg.training} preset={cfg.preset} "
-             f"params={nparams:,} devices={len(jax.devices())} "
-             f"steps {int(state.step)}->{cfg.steps}")
-    rep.info(config.to_json(cfg))
-
-    # ema_decay 0 keeps state.ema == params: BatchNorm statistics belong to the raw weights
-    step_fn = make_train_step(make_clf_loss_fn(model, cfg), tx, 0.0)
-    meta = checkpoint.read_meta(out) if resume else {}
-    t0 = time.perf_counter()
-    wall0 = meta.get("wall_s", 0.0)
-    evals = list(meta.get("evals", []))
-
-    def inference(state) -> dict:
-        return jax.device_get({"params": state.params, "batch_stats": state.model_state})
-
-    saved_at = [None]  # step whose variables best/ holds
-
-    def save_best(state):
-        if saved_at[0] != int(state.step):
-            checkpoint.save_params(os.path.join(out, "best"), inference(state))
-            saved_at[0] = int(state.step)
-
-    def eval_fn(state):
-        f = make_logits_fn(model, state.params, state.model_state)
-        acc = evaluate_accuracy(f, x_eval, y_eval)
-        save_best(state)
-        return {"eval_acc": acc}
-
-    def write_meta(extra: dict):
-        checkpoint.write_meta(out, {
-            "kind": "classifier", "dataset": cfg.dataset, "arch": cfg.arch,
-            "training": cfg.training, "preset": cfg.preset, "params": nparams,
-            "evals": evals, "eval_n": len(y_eval), "wall_s": wall0 + time.perf_counter() - t0,
-            "machine": machine(), **extra,
-        })
-
-    with rep.progress("train-clf", total=cfg.steps - int(state.step)) as advance:
-        avg: dict[str, float] = {}
-
-        def on_step(step, metrics, ips):
-            for k in ("loss", "accuracy"):
-                v = float(metrics[k])
-                avg[k] = v if k not in avg else 0.95 * avg[k] + 0.05 * v
-            advance(1, loss=avg["loss"], acc=avg["accuracy"], **{"img/s": ips})
-
-        def on_eval(step, ev):
-            evals.append(dict(ev, wall_s=wall0 + time.perf_counter() - t0))
-            rep.info(f"step {step}: accuracy {ev['eval_acc']:.4f} on {len(y_eval)} test images")
-            write_meta({"step": step, "complete": False})
-
-        state, _ = train_loop(
-            state=state, step_fn=step_fn, data={"x": x_train, "y": y_train},
-            batch_size=cfg.batch_size, steps=cfg.steps, key=jax.random.fold_in(key, 1),
-            seed=cfg.seed, run_dir=out, ckpt_every=cfg.ckpt_every, eval_every=cfg.eval_every,
-            eval_fn=eval_fn, on_step=on_step, on_eval=on_eval, stop_after=stop_after,
-        )
-    save_best(state)
-    variables = inference(state)
-    step = int(state.step)
-    result = {"out": out, "step": step, "complete": step >= cfg.steps,
-              "digest": params_digest(variables)}
-    if step >= cfg.steps:
-        spec = f"{cfg.dataset}:{cfg.test_split}" + (f"[:{cfg.test_n}]" if cfg.test_n else "")
-        x_test, y_test = data.load(spec, data_dir)
-        f = make_logits_fn(model, variables["params"], variables["batch_stats"])
-        result.update(test_acc=evaluate_accuracy(f, x_test, y_test), n=len(y_test),
-                      test_split=spec)
-        rep.info(f"test accuracy {result['test_acc']:.4f} on {spec}")
-    write_meta({k: v for k, v in result.items() if k != "out"})
-    rep.done(f"trained to step {step}: run saved in {out} (pxd attack/bench --clf {out})")
-    rep.json(result)
-    return result
-
-
-# --------------------------------------------------------------------------- attack
+from pxd.storage import data, imageio
+from pxd.storage.runs import load_classifier
 
 
 def _check_attack_args(attack: str, eps: float, out: str | None, batch_size: int,

@@ -22,7 +22,7 @@ from pxd.configs.base import check_eps, config_from, to_json
 from pxd.configs.commands import PurifyConfig
 from pxd.errors import PxdError
 from pxd.report.terminal import Reporter
-from pxd.storage import imageio
+from pxd.storage import files, imageio
 from pxd.storage.runs import resolve_density
 
 METHODS = ("pixeldefend", "feature-squeeze")
@@ -85,9 +85,8 @@ def run_purify(cfg: PurifyConfig | str, out: str | None = None, *,
     part_dir = out + ".partial"
     if os.path.isdir(part_dir):
         try:
-            with open(os.path.join(part_dir, "job.json")) as f:
-                same = json.load(f).get("job") == job
-        except (OSError, json.JSONDecodeError):
+            same = files.read_json(os.path.join(part_dir, "job.json")).get("job") == job
+        except PxdError:
             same = False
         if not resume or not same:
             if resume:
@@ -96,7 +95,7 @@ def run_purify(cfg: PurifyConfig | str, out: str | None = None, *,
     elif resume:
         rep.info(f"nothing to resume at {part_dir}; starting")
     os.makedirs(part_dir, exist_ok=True)
-    imageio.write_json(os.path.join(part_dir, "job.json"), {"job": job, **settings})
+    files.write_json(os.path.join(part_dir, "job.json"), {"job": job, **settings})
 
     n = len(x)
     t0 = time.perf_counter()

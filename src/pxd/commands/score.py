@@ -7,12 +7,12 @@ import os
 import numpy as np
 
 from pxd.commands.common import bpd_with_progress, load_input
-from pxd.configs.base import config_from, to_json
+from pxd.configs.base import config_from
 from pxd.configs.commands import ScoreConfig
 from pxd.core import metrics
 from pxd.errors import PxdError
 from pxd.report.terminal import Reporter
-from pxd.storage import imageio
+from pxd.storage import files, imageio
 from pxd.storage.runs import resolve_density
 
 
@@ -79,8 +79,7 @@ def run_score(cfg: ScoreConfig | list[str], *, rep: Reporter | None = None,
         from pxd.report import plots
 
         os.makedirs(plot_dir, exist_ok=True)
-        imageio.atomic_write(os.path.join(plot_dir, "config.json"),
-                             lambda f: f.write(to_json(cfg) + "\n"), mode="w")
+        files.write_config(plot_dir, cfg)
         plots.bpd_histograms(os.path.join(plot_dir, "bpd_hist.png"), hists)
         if curves:
             plots.roc_curves(os.path.join(plot_dir, "roc.png"), curves,

@@ -14,7 +14,7 @@ from pxd.configs.commands import ZooExportConfig
 from pxd.engine.devices import machine
 from pxd.errors import PxdError
 from pxd.report.terminal import Reporter
-from pxd.storage import checkpoint, data
+from pxd.storage import checkpoint, data, files
 from pxd.storage import shipped as zoo
 
 
@@ -35,8 +35,8 @@ def run_zoo_list(rep: Reporter) -> list[dict]:
 
 
 def _kind(run_dir: str) -> str:
-    with open(os.path.join(run_dir, "config.json")) as f:
-        return "classifier" if "arch" in json.load(f) else "density"
+    return "classifier" if "arch" in files.read_json(os.path.join(run_dir, "config.json")) \
+        else "density"
 
 
 def exported_step(run_dir: str, meta: dict) -> int | None:
@@ -91,7 +91,7 @@ def run_zoo_export(cfg: ZooExportConfig | str, name: str | None = None, *,
     if with_state:
         if kind != "density":
             raise PxdError("--with-state is for density runs")
-        from pxd.commands.train import template_state
+        from pxd.engine.jobs import template_state
 
         _, state = checkpoint.restore_state(run_dir, template_state(cfg))
     full = zoo.export(run_dir, name, kind=kind, default=default, card=card, zoo_dir=zoo_dir,

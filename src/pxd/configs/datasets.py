@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pxd.errors import PxdError
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -67,3 +69,22 @@ DATASETS: dict[str, DatasetInfo] = {
         download_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     ),
 }
+
+
+def training_steps(dataset: str, epochs: float | None, steps: int | None,
+                   batch_size: int) -> int | None:
+    """--epochs or --steps as a step count of `batch_size` images (None: the preset's);
+    the one epochs -> steps conversion, for every trainer."""
+    if epochs is not None and steps is not None:
+        raise PxdError("give --epochs or --steps, not both")
+    if epochs is not None:
+        if not epochs > 0:
+            raise PxdError(f"--epochs must be positive, got {epochs:g}")
+        return max(1, round(epochs * DATASETS[dataset].splits["train"] / batch_size))
+    return steps
+
+
+def check_dataset(dataset: str) -> None:
+    """A one-line error for a dataset pxd does not know."""
+    if dataset not in DATASETS:
+        raise PxdError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")

@@ -1,9 +1,11 @@
-"""The host loop of training: deterministic data order, checkpoints, evaluations, resume.
+"""Training on the host: the one driver (`train`), its loop and the --hours probe.
+
+`train(job, out)` runs any model: what differs between the PixelCNN and the classifiers is
+in `engine.jobs`; the steps themselves are pure (`core.training`).
 
 Per-step randomness comes from `fold_in(key, step)` and the data order of epoch e from a
 permutation seeded by (seed, e), so a run resumed from step s repeats exactly what an
-uninterrupted run would have done from step s. The steps themselves are pure
-(`core.training`).
+uninterrupted run would have done from step s.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from pxd.core.training import TrainState
+from pxd.configs import base as config
+from pxd.core.training import TrainState, init_state, make_train_step
 from pxd.engine import devices
-from pxd.storage import checkpoint
+from pxd.report.terminal import Reporter
+from pxd.storage import checkpoint, files
 
 
 def batch_indices(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
@@ -97,3 +101,66 @@ def budget_steps(hours: float, step_fn, state, batch: dict, *, key: jax.Array,
         jax.block_until_ready(m)
     sec = (time.perf_counter() - t0) / n
     return max(1, int(hours * 3600 / sec)), sec
+
+
+def train(job, out: str, *, resume: bool = False, data_dir: str | None = None,
+          rep: Reporter | None = None, stop_after: int | None = None) -> dict:
+    """The one training driver: train (or resume) `job` (`engine.jobs.DensityJob` or
+    `ClassifierJob`) in the run directory `out`; returns the job's result, also printed
+    with --json.
+
+    Writes out/config.json (the resolved config), ckpt/ every `ckpt_every` steps, best/ and
+    meta.json (figures, evaluations, wall time, machine) at each evaluation and at the end.
+    `stop_after` ends the run after that many steps of this call (tests: a killed run).
+    """
+    rep = rep or Reporter(quiet=True)
+    checkpoint.check_run_dir(out, job.cfg, resume=resume)
+    job.check()
+    train_data = job.load_data(data_dir)
+    shape = next(iter(train_data.values())).shape[1:]
+    key = jax.random.key(job.cfg.seed)
+    params, model_state = job.init(shape, key=jax.random.fold_in(key, 0))
+    job.prepare(params, model_state, train_data, key=key, rep=rep)
+    cfg = job.cfg
+    files.write_config(out, cfg)
+    tx = job.optimizer()
+    state = init_state(params, model_state, tx)
+    if resume:
+        _, state = checkpoint.restore_state(out, jax.device_get(state))
+    nparams = sum(a.size for a in jax.tree_util.tree_leaves(params))
+    rep.info(job.header(nparams, int(state.step), len(jax.devices())))
+    rep.info(config.to_json(cfg))
+
+    step_fn = make_train_step(job.loss_fn(), tx, job.ema_decay)
+    meta = checkpoint.read_meta(out) if resume else {}
+    job.resumed(meta)
+    t0 = time.perf_counter()
+    wall0 = meta.get("wall_s", 0.0)
+    evals = list(meta.get("evals", []))
+
+    def write_meta(**extra) -> None:
+        checkpoint.write_meta(out, {
+            **job.meta(), "params": nparams, "evals": evals,
+            "wall_s": wall0 + time.perf_counter() - t0, "machine": devices.machine(), **extra,
+        })
+
+    with rep.progress(job.name, total=cfg.steps - int(state.step)) as advance:
+
+        def on_step(step, metrics, ips):
+            advance(1, **job.progress(metrics), **{"img/s": ips})
+
+        def on_eval(step, ev):
+            evals.append(dict(ev, wall_s=wall0 + time.perf_counter() - t0))
+            rep.info(job.eval_message(step, ev))
+            write_meta(**job.eval_meta(step))
+
+        state, _ = train_loop(
+            state=state, step_fn=step_fn, data=train_data, batch_size=cfg.batch_size,
+            steps=cfg.steps, key=jax.random.fold_in(key, 1), seed=cfg.seed, run_dir=out,
+            ckpt_every=cfg.ckpt_every, eval_every=cfg.eval_every,
+            eval_fn=lambda s: job.evaluate(s, out), on_step=on_step, on_eval=on_eval,
+            stop_after=stop_after,
+        )
+    result = job.finish(state, out, write_meta, data_dir, rep)
+    rep.json(result)
+    return result

@@ -8,7 +8,6 @@ it points to, by rename, so a run killed at any moment leaves a usable checkpoin
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from typing import Any
@@ -17,17 +16,13 @@ import jax
 
 from pxd.configs import base as config
 from pxd.errors import PxdError
-from pxd.storage import imageio
+from pxd.storage import files, imageio
 
 
 def _ocp():
     import orbax.checkpoint as ocp
 
     return ocp
-
-
-def _write_text(path: str, text: str) -> None:
-    _write_bytes(path, text.encode())
 
 
 def save_state(run_dir: str, step: int, state: Any, keep: int = 2) -> None:
@@ -40,7 +35,7 @@ def save_state(run_dir: str, step: int, state: Any, keep: int = 2) -> None:
     ckptr = _ocp().StandardCheckpointer()
     ckptr.save(path, state)
     ckptr.wait_until_finished()
-    _write_text(os.path.join(ckdir, "LATEST"), str(step))
+    files.write_text(os.path.join(ckdir, "LATEST"), str(step))
     steps = sorted(
         int(d.split("_")[1]) for d in os.listdir(ckdir) if d.startswith("step_") and "." not in d
     )
@@ -61,12 +56,6 @@ def check_run_dir(out: str, cfg: Any, *, resume: bool) -> None:
             raise PxdError(f"{out} was trained with a different config; resume it as it was")
     elif resume:
         raise PxdError(f"nothing to resume in {out}")
-
-
-def write_config(out: str, cfg: Any) -> None:
-    """The resolved config, saved beside the run's outputs."""
-    os.makedirs(out, exist_ok=True)
-    _write_text(os.path.join(out, "config.json"), config.to_json(cfg))
 
 
 def latest_step(run_dir: str) -> int | None:
@@ -108,17 +97,8 @@ def save_msgpack(path: str, params: Any) -> str:
     from flax import serialization
 
     blob = serialization.msgpack_serialize(jax.device_get(params))
-    _write_bytes(path, blob)
+    files.write_bytes(path, blob)
     return hashlib.sha256(blob).hexdigest()
-
-
-def _write_bytes(path: str, blob: bytes) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_state_msgpack(path: str, state: Any) -> str:
@@ -148,8 +128,7 @@ def _load_msgpack(path: str, card_key: str = "sha256") -> Any:
         blob = f.read()
     card = os.path.join(os.path.dirname(path), "card.json")
     if os.path.exists(card):
-        with open(card) as f:
-            want = json.load(f).get(card_key)
+        want = files.read_json(card).get(card_key)
         got = hashlib.sha256(blob).hexdigest()
         if want != got:
             raise PxdError(f"checksum mismatch for {path}: card says {want}, file is {got}")
@@ -172,22 +151,12 @@ def load_params(path: str, target: Any | None = None) -> Any:
 
 
 def write_meta(run_dir: str, meta: dict) -> None:
-    _write_text(os.path.join(run_dir, "meta.json"), json.dumps(meta, indent=2, sort_keys=True))
+    files.write_json(os.path.join(run_dir, "meta.json"), meta, sort_keys=True, newline=False)
 
 
 def read_json(run_dir: str, name: str) -> dict:
     """run_dir/name parsed, or {} when absent (meta.json of a run, card.json of a zoo entry)."""
-    p = os.path.join(run_dir, name)
-    if not os.path.exists(p):
-        return {}
-    try:
-        with open(p) as f:
-            obj = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PxdError(f"cannot read {p}: {' '.join(str(e).split())}") from None
-    if not isinstance(obj, dict):
-        raise PxdError(f"{p}: expected a JSON object")
-    return obj
+    return files.read_json(os.path.join(run_dir, name))
 
 
 def model_kind(run_dir: str) -> str | None:

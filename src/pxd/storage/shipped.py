@@ -7,13 +7,12 @@ card.json (what it is, how it was made, the sha256 of params.msgpack, checked on
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
 from pxd.configs.datasets import DATASETS
 from pxd.errors import PxdError
-from pxd.storage import checkpoint
+from pxd.storage import checkpoint, files
 
 # The package data folder pxd/zoo/ (this module lives in pxd/storage/).
 ZOO_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "zoo")
@@ -27,8 +26,7 @@ def entries(zoo_dir: str = ZOO_DIR) -> list[dict]:
     for name in sorted(os.listdir(zoo_dir)):
         card = os.path.join(zoo_dir, name, "card.json")
         if os.path.isfile(card):
-            with open(card) as f:
-                out.append(dict(json.load(f), name=name, path=os.path.join(zoo_dir, name)))
+            out.append(dict(files.read_json(card), name=name, path=os.path.join(zoo_dir, name)))
     return out
 
 
@@ -89,16 +87,14 @@ def export(run_dir: str, name: str, *, kind: str, default: bool, card: dict,
     shutil.copy(os.path.join(run_dir, "config.json"), os.path.join(tmp, "config.json"))
     meta = checkpoint.read_meta(run_dir)
     meta.pop("evals", None)
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
+    files.write_json(os.path.join(tmp, "meta.json"), meta, sort_keys=True, newline=False)
     digest = checkpoint.save_msgpack(os.path.join(tmp, "params.msgpack"), params)
     full = dict(card, kind=kind, default=default, sha256=digest)
     if state is not None:
         full["state_sha256"] = checkpoint.save_state_msgpack(
             os.path.join(tmp, "train_state.msgpack"), state)
         full["state_step"] = int(state.step)
-    with open(os.path.join(tmp, "card.json"), "w") as f:
-        json.dump(full, f, indent=2, sort_keys=True)
+    files.write_json(os.path.join(tmp, "card.json"), full, sort_keys=True, newline=False)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     return full

@@ -12,7 +12,7 @@ import numpy as np
 
 from pxd.commands.bench.paper import PAPER_EPS, TITLES, cell, paper_cell
 from pxd.report.terminal import Reporter
-from pxd.storage import imageio
+from pxd.storage import files
 
 
 def grid_lines(info: dict) -> list[str]:
@@ -98,9 +98,8 @@ def write_outputs(out: str, info: dict, x, y, per_image: dict, roc_by_eps: dict,
                    eps_list: list[int], rep: Reporter) -> None:
     from pxd.report import plots
 
-    imageio.write_json(os.path.join(out, "results.json"), jsonable(info))
-    imageio.atomic_write(os.path.join(out, "report.md"), lambda f: f.write(report_md(info)),
-                         mode="w")
+    files.write_json(os.path.join(out, "results.json"), jsonable(info))
+    files.write_text(os.path.join(out, "report.md"), report_md(info))
     buf = io.StringIO()
     w = csv.writer(buf)
     names = list(per_image)
@@ -108,8 +107,7 @@ def write_outputs(out: str, info: dict, x, y, per_image: dict, roc_by_eps: dict,
     for i in range(len(y)):
         w.writerow([i, int(y[i])] + [int(per_image[k][i]) if i < len(per_image[k]) else ""
                                      for k in names])
-    imageio.atomic_write(os.path.join(out, "per_image.csv"), lambda f: f.write(buf.getvalue()),
-                         mode="w")
+    files.write_text(os.path.join(out, "per_image.csv"), buf.getvalue())
     for d in info["defences"]:
         series = {}
         rows = [r for r in info["rows"] if r["defence"] == d]

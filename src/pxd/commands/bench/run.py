@@ -42,7 +42,7 @@ from pxd.commands.bench.paper import (
     bim_steps,
 )
 from pxd.commands.bench.rows import consistency, row_accuracies, sanity_checks
-from pxd.configs.base import check_eps, from_dict, to_json
+from pxd.configs.base import check_eps, from_dict
 from pxd.configs.commands import BenchConfig, SpeedConfig
 from pxd.configs.datasets import DATASETS
 from pxd.core import adaptive, metrics
@@ -52,7 +52,7 @@ from pxd.engine.batched import evaluate_bpd, predict, purify_batches, squeeze_ba
 from pxd.engine.devices import machine
 from pxd.errors import PxdError
 from pxd.report.terminal import Reporter
-from pxd.storage import data, imageio
+from pxd.storage import data, files, imageio
 from pxd.storage.runs import params_digest, resolve_density
 
 
@@ -396,8 +396,7 @@ def run_bench(cfg: BenchConfig | None = None, *, rep: Reporter | None = None,
     n = len(x)
     k_adapt = min(p.k_adapt, n)
     os.makedirs(out, exist_ok=True)
-    imageio.atomic_write(os.path.join(out, "config.json"),
-                         lambda f: f.write(to_json(cfg) + "\n"), mode="w")
+    files.write_config(out, cfg)
     cache = Cache(os.path.join(out, "cache"))
     timings: dict[str, float] = {}
 
@@ -471,6 +470,6 @@ def run_speed(cfg: SpeedConfig | str, *, rep: Reporter | None = None, **sizes) -
     imageio.check_writable(path, "--out")
     res = run_bench_speed(density=cfg.density, batch=cfg.batch_size, data_dir=cfg.data_dir,
                           rep=rep, **sizes)
-    imageio.write_json(path, res)
+    files.write_json(path, res)
     (rep or Reporter(quiet=True)).done(f"speed results written to {path}")
     return res
