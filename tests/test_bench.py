@@ -309,3 +309,11 @@ def test_speed_bench_runs_and_writes_its_json(models, tmp_path):
     assert p["identical_on_reference_images"] + len(p["near_tie_gaps_of_differing_images"]) \
         == p["reference_images"] == 1
     assert saved["train"]["1_device"]["images_per_s"] > 0 and "machine" in saved
+
+
+def test_config_saved_beside_the_outputs(grid):
+    from pxd.configs.base import load_json
+    from pxd.configs.commands import BenchConfig
+
+    cfg = load_json(BenchConfig, os.path.join(grid["out"], "config.json"))
+    assert (cfg.eps_attack, cfg.n, cfg.attack_opts, cfg.batch_size) == (EPS, N, FAST_OPTS, 4)

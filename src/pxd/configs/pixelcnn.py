@@ -49,7 +49,7 @@ class DensityConfig:
     model: dict = field(default_factory=dict)
     batch_size: int = 32
     lr: float = 2e-3
-    schedule: str = "exponential"  # or "cosine" (training.lr_schedule)
+    schedule: str = "exponential"  # or "cosine" (core.training.lr_schedule)
     lr_decay: float = 0.99999  # exponential only
     warmup: int = 0  # cosine only
     ema: float = 0.999

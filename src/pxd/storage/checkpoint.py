@@ -2,8 +2,11 @@
 
 A run directory holds `config.json`, `ckpt/step_<n>/` (full training state, orbax),
 `ckpt/LATEST` (the step of the newest complete checkpoint), `best/` (inference
-parameters, orbax) and `meta.json` (metrics). Every pointer is written after the data
-it points to, by rename, so a run killed at any moment leaves a usable checkpoint.
+parameters, orbax: for a density run the EMA parameters of its best evaluation, for a
+classifier its LATEST evaluated variables, not selected on test accuracy) and `meta.json`
+(metrics). Every pointer is written after the data it points to, by rename, so a run killed
+at any moment leaves a usable checkpoint. `run_params_path` finds the inference parameters
+of a run dir or of a shipped model (params.msgpack, whose sha256 is checked on load).
 """
 
 from __future__ import annotations

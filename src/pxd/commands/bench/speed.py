@@ -175,7 +175,7 @@ def bench_attacks(lf, x: np.ndarray, y: np.ndarray, *, eps: float, batch: int,
 
     Order per attack: compile both, then baseline, pxd, baseline, pxd (interleaved, so a
     change in the machine's load hits both); each figure is the faster of its two runs.
-    pxd = `classify.craft`, as `pxd attack` and `pxd bench` run it (all devices).
+    pxd = `engine.batched.craft`, as `pxd attack` and `pxd bench` run it (all devices).
     """
     from pxd.engine.batched import craft
 
