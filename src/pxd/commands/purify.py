@@ -1,7 +1,9 @@
 """`pxd purify`: PixelDefend (plain or adaptive) or feature squeezing, chunked and resumable.
 
-Without --out the result goes to INPUT.purified.npz beside the input (`pixels/` ->
-`pixels.purified.npz`; a dataset spec -> that name in the working folder). Finished chunks
+Without --out the result goes to INPUT.purified.npz beside the input (a folder `imgs/` ->
+`imgs.purified.npz`; a dataset spec -> e.g. `cifar10_test_4.purified.npz` in the working
+folder). PixelDefend runs through the public API (`pxd.purify`, the default fast exact
+path of `core.purify`). Finished chunks
 wait in OUT.partial/ (with job.json, the settings they belong to) until the whole output is
 written, so --resume continues an interrupted run and a run with other settings starts over.
 """
