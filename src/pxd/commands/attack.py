@@ -84,17 +84,17 @@ def run_attack(cfg: AttackConfig | str, clf: str | None = None, *,
         clf = zoo.default_path("classifier", tuple(x.shape[1:]))
     from pxd import api
 
-    model, variables, cfg, meta = load_classifier(clf)
-    info = DATASETS[cfg.dataset]
+    model, variables, ccfg, meta = load_classifier(clf)
+    info = DATASETS[ccfg.dataset]
     if tuple(x.shape[1:]) != tuple(info.shape):
         raise PxdError(f"{input}: images of shape {tuple(x.shape[1:])}, but the classifier "
-                       f"was trained on {cfg.dataset} images of shape {tuple(info.shape)}")
+                       f"was trained on {ccfg.dataset} images of shape {tuple(info.shape)}")
     if y is not None and (y.min() < 0 or y.max() >= info.num_classes):
         raise PxdError(f"{input}: labels must be in 0..{info.num_classes - 1}")
 
     n = len(x)
     rep.info(f"attack: {attack} eps={eps:g} on {n} images of {input} against {clf} "
-             f"({cfg.arch}, {cfg.training}); labels: {label_source}")
+             f"({ccfg.arch}, {ccfg.training}); labels: {label_source}")
     logits_fn = make_logits_fn(model, variables["params"], variables["batch_stats"])
     t0 = time.perf_counter()
     pred_clean = predict(logits_fn, x, batch_size=batch_size)
@@ -102,7 +102,7 @@ def run_attack(cfg: AttackConfig | str, clf: str | None = None, *,
         y = pred_clean
     with rep.progress(f"attack {attack}", total=n) as advance:
         x_adv = api.attack(x, y, attack, eps=eps, key=jax.random.key(seed),
-                           clf=api.Classifier(model, variables, cfg, clf, meta),
+                           clf=api.Classifier(model, variables, ccfg, clf, meta),
                            batch_size=batch_size, on_batch=lambda k: advance(k), **opts)
     pred_adv = predict(logits_fn, x_adv, batch_size=batch_size)
     seconds = time.perf_counter() - t0

@@ -22,9 +22,8 @@ def run_score(cfg: ScoreConfig | list[str], *, rep: Reporter | None = None,
     `plot_dir`, figures and the resolved config (config.json) go there. `cfg`: a ScoreConfig,
     or the inputs with the other fields as keywords."""
     if not isinstance(cfg, ScoreConfig):
-        cfg = config_from(ScoreConfig, tuple(cfg), "inputs", **options)
-    elif options:
-        cfg = config_from(ScoreConfig, cfg, "inputs", **options)
+        cfg = tuple(cfg)
+    cfg = config_from(ScoreConfig, cfg, "inputs", **options)
     inputs, density, reference = list(cfg.inputs), cfg.density, cfg.reference
     plot_dir, data_dir, batch_size = cfg.plot_dir, cfg.data_dir, cfg.batch_size
     rep = rep or Reporter(quiet=True)
@@ -40,8 +39,8 @@ def run_score(cfg: ScoreConfig | list[str], *, rep: Reporter | None = None,
         raise PxdError(f"inputs have different image shapes: {sorted(shapes)}")
     from pxd import api
 
-    model, params, cfg, meta, dpath = resolve_density(density, next(iter(shapes)))
-    dens = api.Density(model, params, cfg, dpath, meta)
+    model, params, dcfg, meta, dpath = resolve_density(density, next(iter(shapes)))
+    dens = api.Density(model, params, dcfg, dpath, meta)
     ref_bpd = None
     if reference is not None:
         xr, _ = load_input(reference, data_dir)
