@@ -87,7 +87,6 @@ def _lists(tree: Any) -> Any:
 
 
 def validate(cfg: ClfConfig) -> ClfConfig:
-
     if cfg.dataset not in DATASETS:
         raise PxdError(f"unknown dataset '{cfg.dataset}' (choose from {', '.join(DATASETS)})")
     if cfg.arch not in CLASSIFIER_PRESETS:

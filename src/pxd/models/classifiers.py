@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from pxd.configs.classifier import CLASSIFIER_PRESETS, ClfConfig
+from pxd.configs.datasets import DATASETS
 from pxd.errors import PxdError
 
 _BN_MOMENTUM = 0.9  # faster-moving statistics than flax's 0.99 suit short CPU runs
@@ -173,8 +174,7 @@ def _tuples(v: Any) -> Any:
 
 
 def build_classifier(cfg: ClfConfig):
-    from pxd.configs.datasets import DATASETS
-
+    """The classifier a ClfConfig describes (its dataset's number of classes)."""
     model_cfg = {k: _tuples(v) for k, v in cfg.model.items()}
     return make_classifier(cfg.arch, model_cfg, DATASETS[cfg.dataset].num_classes)
 
