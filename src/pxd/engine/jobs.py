@@ -122,7 +122,8 @@ class DensityJob:
         return (f"train-density: {cfg.dataset} preset={cfg.preset} params={nparams:,} "
                 f"devices={ndev} steps {step}->{cfg.steps}")
 
-    def resumed(self, meta: dict) -> None:
+    def begin(self, meta: dict) -> None:
+        """Before the loop, with the run's saved meta.json ({} for a new run)."""
         self.best = meta.get("best_test_bpd", math.inf)
         self.bpd_fn = make_bpd_fn(self.model)
         self.ema_bpd = None
@@ -202,7 +203,8 @@ class ClassifierJob:
                 f"preset={cfg.preset} params={nparams:,} devices={ndev} "
                 f"steps {step}->{cfg.steps}")
 
-    def resumed(self, meta: dict) -> None:
+    def begin(self, meta: dict) -> None:
+        """Before the loop, with the run's saved meta.json ({} for a new run)."""
         self.avg: dict[str, float] = {}
 
     @staticmethod

@@ -133,7 +133,7 @@ def train(job, out: str, *, resume: bool = False, data_dir: str | None = None,
 
     step_fn = make_train_step(job.loss_fn(), tx, job.ema_decay)
     meta = checkpoint.read_meta(out) if resume else {}
-    job.resumed(meta)
+    job.begin(meta)
     t0 = time.perf_counter()
     wall0 = meta.get("wall_s", 0.0)
     evals = list(meta.get("evals", []))
