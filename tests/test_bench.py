@@ -316,4 +316,9 @@ def test_config_saved_beside_the_outputs(grid):
     from pxd.configs.commands import BenchConfig
 
     cfg = load_json(BenchConfig, os.path.join(grid["out"], "config.json"))
-    assert (cfg.eps_attack, cfg.n, cfg.attack_opts, cfg.batch_size) == (EPS, N, FAST_OPTS, 4)
+    with open(os.path.join(grid["out"], "results.json")) as f:
+        res = json.load(f)  # written by the same (latest) run into this folder
+    assert (cfg.out, cfg.n, cfg.batch_size) == (grid["out"], N, 4)
+    assert bench.parse_eps_list(cfg.eps_attack) == res["eps_attack"]
+    assert bench.parse_attacks(cfg.attacks) == res["attacks"]
+    assert cfg.command == res["command"] and (cfg.attack_opts or {}) == res["attack_opts"]
