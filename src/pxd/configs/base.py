@@ -1,4 +1,6 @@
-"""Typed, frozen configs: one per command, strict about keys and types, saved beside outputs."""
+"""Strict helpers for every frozen config: from_dict and replace (unknown keys and type
+mismatches are errors), to_json, load_json and loads (saved configs read back as strictly),
+config_from (a run_* function's config or its fields), and check_eps for 0..255 epsilons."""
 
 from __future__ import annotations
 
