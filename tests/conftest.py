@@ -18,7 +18,7 @@ jax.config.update("jax_num_cpu_devices", 2)
 
 import pytest  # noqa: E402
 
-from pxd import data  # noqa: E402
+from pxd.storage import data  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

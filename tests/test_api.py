@@ -27,11 +27,10 @@ def test_public_names_stay():
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, cifar):
 
-    from pxd import data
-    from pxd.classify import clf_config
-    from pxd.commands.clf import run_train_clf
-    from pxd.commands.density import run_train_density
-    from pxd.density import density_config
+    from pxd.commands.train import run_train_clf, run_train_density
+    from pxd.configs.classifier import clf_config
+    from pxd.configs.pixelcnn import density_config
+    from pxd.storage import data
 
     data_dir = cifar
     root = tmp_path_factory.mktemp("api")

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from pxd.attacks import (
+from pxd.core.attacks import (
     ATTACKS,
     adversarial_batch,
     bim,
@@ -367,7 +367,7 @@ def test_bim_bounded_unroll_equals_while_loop():
 
 
 def test_chunks():
-    from pxd.attacks import _chunks
+    from pxd.core.attacks import _chunks
 
     assert _chunks(0) == [] and _chunks(2) == [2] and _chunks(7, 4) == [4, 2, 1]
     assert _chunks(10, 4) == [4, 4, 2] and sum(_chunks(50, 4)) == 50

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pxd import adaptive
 from pxd.commands import bench
+from pxd.core import adaptive
 from pxd.errors import PxdError
 
 N = 4
@@ -28,10 +28,9 @@ FAST_OPTS = {"deepfool": {"max_iter": 3}, "cw": {"search_steps": 1, "max_iterati
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, cifar):
 
-    from pxd.classify import clf_config
-    from pxd.commands.clf import run_train_clf
-    from pxd.commands.density import run_train_density
-    from pxd.density import density_config
+    from pxd.commands.train import run_train_clf, run_train_density
+    from pxd.configs.classifier import clf_config
+    from pxd.configs.pixelcnn import density_config
 
     data_dir = cifar  # skips without CIFAR-10
     root = tmp_path_factory.mktemp("bench_models")
@@ -94,7 +93,7 @@ def test_grid_guarantees(grid):
 
 
 def test_crafted_within_bounds(grid):
-    from pxd.data import load
+    from pxd.storage.data import load
 
     x, _ = load(f"cifar10:test[:{N}]", None)
     x = x.astype(int)
@@ -258,7 +257,7 @@ def test_paper_table_transcribed():
 
 
 def test_clf_all_expands_to_the_shipped_classifiers():
-    from pxd import shipped as zoo
+    from pxd.storage import shipped as zoo
 
     shipped = [e for e in zoo.entries() if e["kind"] == "classifier"
                and e["dataset"] == "cifar10"]
@@ -310,3 +309,16 @@ def test_speed_bench_runs_and_writes_its_json(models, tmp_path):
     assert p["identical_on_reference_images"] + len(p["near_tie_gaps_of_differing_images"]) \
         == p["reference_images"] == 1
     assert saved["train"]["1_device"]["images_per_s"] > 0 and "machine" in saved
+
+
+def test_config_saved_beside_the_outputs(grid):
+    from pxd.configs.base import load_json
+    from pxd.configs.commands import BenchConfig
+
+    cfg = load_json(BenchConfig, os.path.join(grid["out"], "config.json"))
+    with open(os.path.join(grid["out"], "results.json")) as f:
+        res = json.load(f)  # written by the same (latest) run into this folder
+    assert (cfg.out, cfg.n, cfg.batch_size) == (grid["out"], N, 4)
+    assert bench.parse_eps_list(cfg.eps_attack) == res["eps_attack"]
+    assert bench.parse_attacks(cfg.attacks) == res["attacks"]
+    assert cfg.command == res["command"] and (cfg.attack_opts or {}) == res["attack_opts"]

@@ -13,10 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pxd.configs.pixelcnn import PIXELCNN_PRESETS
+from pxd.core.likelihood import make_bpd_fn
+from pxd.core.metrics import p_values, roc_auc, roc_curve
 from pxd.core.purify import make_purifier
-from pxd.density import build_model, make_bpd_fn
-from pxd.metrics import p_values, roc_auc, roc_curve
-from pxd.models.pixelcnn import PIXELCNN_PRESETS, PixelCNN
+from pxd.models.pixelcnn import PixelCNN, build_model
 
 NEAR_TIE = 1e-4  # float rounding may flip an argmax between scores closer than this
 METHODS = ("reference", "pixels", "rows", "jacobi")
@@ -81,8 +82,8 @@ def test_certificate_catches_a_wrong_decode():
 
 def test_greedy_certificate_shipped_density_and_bpd_falls(cifar):
 
-    from pxd import data
-    from pxd.store import load_density
+    from pxd.storage import data
+    from pxd.storage.runs import load_density
 
     x, _ = data.load("cifar10:test[:4]", cifar)
     model, params, _, _ = load_density("pixelcnn-c10-cpu")

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pxd.configs.classifier import CLASSIFIER_PRESETS
 from pxd.errors import PxdError
-from pxd.models.classifiers import CLASSIFIER_PRESETS, VGG, ResNet, make_classifier
+from pxd.models.classifiers import VGG, ResNet, make_classifier
 
 SHAPES = [(2, 32, 32, 3), (2, 28, 28, 1)]
 

@@ -15,24 +15,17 @@ import numpy as np
 import optax
 import pytest
 
-from pxd import attacks
-from pxd.classify import (
-    clf_config,
-    craft,
-    evaluate_accuracy,
-    init_variables,
-    load_classifier,
-    make_clf_loss_fn,
-    make_clf_optimizer,
-    make_logits_fn,
-    soft_targets,
-    training_adversarial,
-)
-from pxd.commands.clf import run_train_clf
+from pxd.commands.train import run_train_clf
+from pxd.configs.classifier import clf_config
+from pxd.core import attacks
+from pxd.core.losses import make_clf_loss_fn, soft_targets, training_adversarial
+from pxd.core.training import init_state, make_clf_optimizer, make_train_step
+from pxd.engine.batched import craft, evaluate_accuracy
+from pxd.engine.trainer import train_loop
 from pxd.errors import PxdError
-from pxd.imageio import read_images
-from pxd.models.classifiers import make_classifier
-from pxd.training import init_state, make_train_step, train_loop
+from pxd.models.classifiers import init_variables, make_classifier, make_logits_fn
+from pxd.storage.imageio import read_images
+from pxd.storage.runs import load_classifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.environ.get("PXD_DATA_DIR") or os.path.join(REPO, "..", "shared", "data")

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pxd import data
 from pxd.errors import PxdError
+from pxd.storage import data
 
 CIFAR_DIGESTS = {
     "x_train": "47af8b02cfcfb6cdf3dbbd1969ad7f1b70f4413f6f80f437b020ee4e5bc8304a",

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pxd import imageio
 from pxd.errors import PxdError
+from pxd.storage import imageio
 
 RNG = np.random.default_rng(0)
 

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pxd.density import build_model, make_bpd_fn
-from pxd.likelihood import bits_per_dim, nll_from_logits
-from pxd.models.pixelcnn import PIXELCNN_PRESETS, PixelCNN
+from pxd.configs.pixelcnn import PIXELCNN_PRESETS
+from pxd.core.likelihood import make_bpd_fn
+from pxd.models.mixture import bits_per_dim, nll_from_logits
+from pxd.models.pixelcnn import PixelCNN, build_model
 
 SHAPES = [(32, 32, 3), (28, 28, 1)]
 

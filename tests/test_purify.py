@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pxd.configs.pixelcnn import PIXELCNN_PRESETS
 from pxd.core.purify import feature_squeeze, first_difference_gaps, make_purifier
-from pxd.density import build_model
-from pxd.models.pixelcnn import PIXELCNN_PRESETS
+from pxd.models.pixelcnn import build_model
 
 NEAR_TIE = 1e-4
 
@@ -46,7 +46,7 @@ def test_fast_paths_equal_reference_random_images(shape, eps):
 
 def test_fast_equals_reference_real_images_and_unet(cifar):
 
-    from pxd import data
+    from pxd.storage import data
 
     x, _ = data.load("cifar10:test[:2]", cifar)
     for over in ({}, {"downsample": True, "nr_stages": 2}):

@@ -8,7 +8,7 @@ same commit, with the figures from `pxd zoo --export`.
 import numpy as np
 import pytest
 
-from pxd import shipped as zoo
+from pxd.storage import shipped as zoo
 
 # name -> (sha256 prefix of params.msgpack, figure, tolerance)
 DENSITY_PIN = ("pixelcnn-c10-cpu", "5ef3ee656cdd", 3.762009, 1e-3)  # bits/dim, test[:100]
@@ -27,9 +27,9 @@ def _check_pin(name, prefix):
 
 def test_default_density_bits_per_dim_pinned(cifar):
 
-    from pxd import data
-    from pxd.density import make_bpd_fn
-    from pxd.store import load_density
+    from pxd.core.likelihood import make_bpd_fn
+    from pxd.storage import data
+    from pxd.storage.runs import load_density
 
     name, prefix, want, tol = DENSITY_PIN
     assert _entry(name)["default"]
@@ -42,8 +42,10 @@ def test_default_density_bits_per_dim_pinned(cifar):
 
 def test_default_classifier_accuracy_pinned(cifar):
 
-    from pxd import data
-    from pxd.classify import evaluate_accuracy, load_classifier, make_logits_fn
+    from pxd.engine.batched import evaluate_accuracy
+    from pxd.models.classifiers import make_logits_fn
+    from pxd.storage import data
+    from pxd.storage.runs import load_classifier
 
     name, prefix, want, tol = CLF_PIN
     assert _entry(name)["default"]

@@ -6,14 +6,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pxd import checkpoint, devices
-from pxd.commands.density import run_train_density
-from pxd.config import replace
-from pxd.density import build_model, density_config, init_params, make_loss_fn
+from pxd.commands.train import run_train_density
+from pxd.configs.base import replace
+from pxd.configs.pixelcnn import PIXELCNN_PRESETS, density_config
+from pxd.core.losses import make_density_loss_fn as make_loss_fn
+from pxd.core.training import init_state, make_optimizer, make_train_step
+from pxd.engine import devices
 from pxd.errors import PxdError
-from pxd.models.pixelcnn import PIXELCNN_PRESETS
-from pxd.store import load_density, params_digest
-from pxd.training import init_state, make_optimizer, make_train_step
+from pxd.models.pixelcnn import build_model, init_params
+from pxd.storage import checkpoint
+from pxd.storage.runs import load_density, params_digest
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +37,9 @@ def test_smoke_training_lowers_test_bpd(tmp_path, cifar):
     first, last = meta["evals"][0]["test_bpd"], meta["evals"][-1]["test_bpd"]
     model, params, _, _ = load_density(str(tmp_path / "r"))
     init = init_params(model, (32, 32, 3), key=jax.random.fold_in(jax.random.key(0), 0))
-    from pxd.commands.density import evaluate_bpd
-    from pxd.data import load
-    from pxd.density import make_bpd_fn
+    from pxd.core.likelihood import make_bpd_fn
+    from pxd.engine.batched import evaluate_bpd
+    from pxd.storage.data import load
 
     x, _ = load("cifar10:test[:64]", cifar)
     untrained = float(np.mean(evaluate_bpd(make_bpd_fn(model), init, x)))
@@ -119,7 +121,7 @@ def test_shard_batch_pads_and_map_batches_trims():
 
 
 def test_cosine_schedule_warms_up_and_ends_at_zero():
-    from pxd.training import lr_schedule
+    from pxd.core.training import lr_schedule
 
     s = lr_schedule(1e-3, schedule="cosine", warmup=10, steps=110)
     assert float(s(0)) == 0.0
@@ -146,7 +148,7 @@ def test_init_from_starts_at_the_source_and_resumes_exactly(tmp_path, cifar):
     run_train_density(_cfg(steps=8, ckpt_every=8), src, data_dir=cifar)
     _, p_src, _, _ = load_density(src)
     cfg = _cfg(init_from=src, schedule="cosine", warmup=2, steps=10, ckpt_every=5)
-    from pxd.commands.density import initial_params
+    from pxd.engine.jobs import initial_params
 
     model = build_model(cfg.model, 3)
     p0 = initial_params(cfg, model, (32, 32, 3), key=jax.random.key(9))

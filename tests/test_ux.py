@@ -17,7 +17,8 @@ import warnings
 import numpy as np
 import pytest
 
-from pxd import cli, imageio
+from pxd import cli
+from pxd.storage import imageio
 
 RNG = np.random.default_rng(0)
 
@@ -260,7 +261,7 @@ def test_readme_bench_example_tiny(tmp_path, monkeypatch, capsys, cifar):
 
 
 def test_tables_stack_instead_of_cutting_cells(capsys, monkeypatch):
-    from pxd.report import Reporter
+    from pxd.report.terminal import Reporter
 
     monkeypatch.setenv("COLUMNS", "80")
     cols = ["row", "CLEAN", "RAND", "FGSM", "BIM", "DEEPFOOL", "CW", "STRONGEST", "WORST/IMG"]
@@ -274,7 +275,7 @@ def test_tables_stack_instead_of_cutting_cells(capsys, monkeypatch):
 
 
 def test_progress_in_a_log_has_an_eta(capsys, monkeypatch):
-    from pxd.report import Reporter
+    from pxd.report.terminal import Reporter
 
     monkeypatch.setenv("PXD_PROGRESS_SECONDS", "0")
     with Reporter().progress("purify", total=4) as advance:

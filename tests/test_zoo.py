@@ -7,11 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from pxd import shipped as zoo
-from pxd.commands.density import run_train_density
-from pxd.density import density_config
+from pxd.commands.train import run_train_density
+from pxd.configs.pixelcnn import density_config
 from pxd.errors import PxdError
-from pxd.store import load_density, params_digest
+from pxd.storage import shipped as zoo
+from pxd.storage.runs import load_density, params_digest
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_config_mismatch_is_an_error(exported, tmp_path):
 def test_shipped_entries_verify():
     # every model shipped in the package loads and matches its card
     for e in zoo.entries():
-        from pxd import checkpoint
+        from pxd.storage import checkpoint
 
         params = checkpoint.load_params(os.path.join(e["path"], "params.msgpack"))
         assert jax.tree_util.tree_leaves(params)
@@ -79,8 +79,8 @@ def test_shipped_entries_verify():
 
 
 def test_shipped_models_load_by_name_with_one_default_per_kind_and_shape():
-    from pxd.classify import load_classifier
-    from pxd.data import DATASETS
+    from pxd.configs.datasets import DATASETS
+    from pxd.storage.runs import load_classifier
 
     defaults = {}
     for e in zoo.entries():
@@ -117,7 +117,7 @@ def test_resume_from_a_zoo_entry_equals_the_uninterrupted_run(tmp_path, cifar):
     import shutil
 
     from pxd.commands.zoo import run_zoo_export
-    from pxd.report import Reporter
+    from pxd.report.terminal import Reporter
 
     data_dir = cifar
     cfg = density_config("cifar10", "smoke", steps=8, ckpt_every=4, eval_n=16, batch_size=8,

@@ -4,6 +4,12 @@ The public API (documented in `pxd.api` and the README) is importable from here:
 `pxd.purify`, `pxd.bits_per_dim`, `pxd.attack`, `pxd.load_density`, `pxd.load_classifier`,
 `pxd.feature_squeeze`, `pxd.zoo`, `pxd.roc_auc`, `pxd.p_values`, `pxd.PxdError`. Names load
 lazily, so `import pxd` stays cheap and leaves JAX's device set-up to the caller.
+
+Layout, imports pointing downward only: errors and configs (typed configs, presets,
+datasets) < models (Flax modules) < core (pure jittable maths) < storage (disk) < report
+(terminal, figures) < engine (host loops over devices, the trainer) < api (this public
+surface) < commands (one per CLI command) < cli. No internal module is named like a public
+name, so `pxd.purify` is always the function.
 """
 
 from pxd.errors import PxdError

@@ -37,7 +37,7 @@ class _Loaded:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        from pxd.data import DATASETS
+        from pxd.configs.datasets import DATASETS
 
         return tuple(DATASETS[self.config.dataset].shape)
 
@@ -63,7 +63,7 @@ class Classifier(_Loaded):
     @functools.cached_property
     def logits_fn(self):
         """Pure `f(x float32 (B,H,W,C) on 0..255) -> logits`, for gradients and attacks."""
-        from pxd.classify import make_logits_fn
+        from pxd.models.classifiers import make_logits_fn
 
         return make_logits_fn(self.model, self.weights["params"],
                               self.weights.get("batch_stats", {}))
@@ -74,7 +74,7 @@ class Classifier(_Loaded):
 
     def predict(self, images, *, batch_size: int = 256) -> np.ndarray:
         """Predicted labels int32 (N,)."""
-        from pxd.classify import predict
+        from pxd.engine.batched import predict
 
         x = _images(images, self.shape, "classifier")
         _check_batch(batch_size)
@@ -82,7 +82,7 @@ class Classifier(_Loaded):
 
     def logits(self, images, *, batch_size: int = 256) -> np.ndarray:
         """Logits float32 (N, classes)."""
-        from pxd import devices
+        from pxd.engine import devices
 
         x = _images(images, self.shape, "classifier")
         _check_batch(batch_size)
@@ -96,7 +96,7 @@ def _check_batch(batch_size: int) -> None:
 
 def _images(images, shape: tuple[int, ...] | None = None, what: str = "model") -> np.ndarray:
     """Validated uint8 NHWC images (the CLI's checks and messages)."""
-    from pxd import imageio
+    from pxd.storage import imageio
 
     try:
         a = np.asarray(images)
@@ -115,7 +115,7 @@ def _images(images, shape: tuple[int, ...] | None = None, what: str = "model") -
 def _eps(eps, name: str = "eps") -> int:
     if isinstance(eps, bool) or not isinstance(eps, int | float | np.integer | np.floating):
         raise PxdError(f"{name} must be a number on the 0-255 scale, got {eps!r}")
-    from pxd.commands.common import check_eps
+    from pxd.configs.base import check_eps
 
     return check_eps(float(eps), name)
 
@@ -124,7 +124,7 @@ def load_dataset(spec: str, *, data_dir: str | None = None) -> tuple[np.ndarray,
     """Images uint8 (N, H, W, C) and labels int32 (N,) of a split, e.g.
     "cifar10:test[:500]" or "fashion_mnist:train". Read from `data_dir` (or PXD_DATA_DIR)
     when it holds the official archives, else from tensorflow-datasets (downloads)."""
-    from pxd import data
+    from pxd.storage import data
 
     if not isinstance(spec, str) or not data.is_dataset_spec(spec):
         raise PxdError(f"dataset spec like 'cifar10:test[:500]' expected, got {spec!r}")
@@ -134,7 +134,7 @@ def load_dataset(spec: str, *, data_dir: str | None = None) -> tuple[np.ndarray,
 
 def zoo() -> list[dict]:
     """The shipped models' cards (name, kind, dataset, measured figures, sha256, ...)."""
-    from pxd import shipped as _zoo
+    from pxd.storage import shipped as _zoo
 
     return [{k: v for k, v in e.items() if k != "path"} for e in _zoo.entries()]
 
@@ -142,9 +142,9 @@ def zoo() -> list[dict]:
 def load_density(name_or_dir: str | None = None, *, dataset: str = "cifar10") -> Density:
     """A shipped PixelCNN by name (see `zoo()`), a `pxd train-density` run directory, or
     (None) the shipped default for `dataset`."""
-    from pxd import shipped as _zoo
-    from pxd.data import DATASETS
-    from pxd.store import load_density as _load
+    from pxd.configs.datasets import DATASETS
+    from pxd.storage import shipped as _zoo
+    from pxd.storage.runs import load_density as _load
 
     if name_or_dir is None:
         if dataset not in DATASETS:
@@ -160,9 +160,9 @@ def load_density(name_or_dir: str | None = None, *, dataset: str = "cifar10") ->
 def load_classifier(name_or_dir: str | None = None, *, dataset: str = "cifar10") -> Classifier:
     """A shipped classifier by name, a `pxd train-clf` run directory, or (None) the shipped
     default for `dataset`."""
-    from pxd import shipped as _zoo
-    from pxd.classify import load_classifier as _load
-    from pxd.data import DATASETS
+    from pxd.configs.datasets import DATASETS
+    from pxd.storage import shipped as _zoo
+    from pxd.storage.runs import load_classifier as _load
 
     if name_or_dir is None:
         if dataset not in DATASETS:
@@ -178,7 +178,7 @@ def load_classifier(name_or_dir: str | None = None, *, dataset: str = "cifar10")
 def _model_for(given, x_shape, cls, load, what: str, arg: str):
     """`given` (a loaded model, a name or dir, or None: the shipped default for the images'
     shape) as a loaded model whose images have shape `x_shape`."""
-    from pxd.data import DATASETS
+    from pxd.configs.datasets import DATASETS
 
     if isinstance(given, cls):
         m = given
@@ -209,15 +209,14 @@ def bits_per_dim(images, *, density: Density | str | None = None, batch_size: in
     """Bits/dim of each image under the PixelCNN, float32 (N,): the paper's detection
     score (adversarial images score higher). `on_batch(k)` is called after each batch of
     k images (progress)."""
-    from pxd import devices
-    from pxd.density import make_bpd_fn
+    from pxd.core.likelihood import make_bpd_fn
+    from pxd.engine.batched import evaluate_bpd
 
     x = _images(images)
     _check_batch(batch_size)
     d = _density_for(density, x.shape[1:])
-    fn = make_bpd_fn(d.model)
-    return np.asarray(devices.map_batches(lambda xb: fn(d.params, xb), (x,), batch_size,
-                                          on_batch=on_batch))
+    return np.asarray(evaluate_bpd(make_bpd_fn(d.model), d.params, x, batch_size,
+                                   on_batch=on_batch))
 
 
 def purify(images, eps=16, *, density: Density | str | None = None,
@@ -230,8 +229,8 @@ def purify(images, eps=16, *, density: Density | str | None = None,
     images scoring at or below it are returned unchanged (adaptive PixelDefend).
     Returns uint8 (N, H, W, C), inside the eps-ball. `on_batch(k)`: progress.
     """
-    from pxd import devices
     from pxd.core.purify import make_purifier
+    from pxd.engine.batched import purify_batches
 
     x = _images(images)
     if np.ndim(eps) == 0:
@@ -256,17 +255,16 @@ def purify(images, eps=16, *, density: Density | str | None = None,
             on_batch(len(x))
         return x.copy()
     fn = make_purifier(d.model, "auto", max_eps=e)
-    return np.asarray(devices.map_batches(lambda xb, eb: fn(d.params, xb, eb),
-                                          (x, per_image), batch_size, on_batch=on_batch))
+    return np.asarray(purify_batches(fn, d.params, x, per_image, batch_size,
+                                     on_batch=on_batch))
 
 
 def feature_squeeze(images) -> np.ndarray:
     """Feature squeezing as in the paper's Appendix C: 5-bit colour depth, then a 2x2
     median filter. uint8 in and out."""
-    from pxd import devices
-    from pxd.core.purify import feature_squeeze_jit
+    from pxd.engine.batched import squeeze_batches
 
-    return np.asarray(devices.map_batches(feature_squeeze_jit, (_images(images),), 256))
+    return np.asarray(squeeze_batches(_images(images)))
 
 
 def attack(images, labels, name: str = "bim", *, eps: float = 8,
@@ -279,8 +277,8 @@ def attack(images, labels, name: str = "bim", *, eps: float = 8,
     `name`: rand, fgsm, bim, pgd, deepfool or cw; `options` go to the attack (e.g.
     steps=20, restarts=2). `key` defaults to `jax.random.key(0)`; `on_batch(k)`: progress.
     """
-    from pxd import imageio
-    from pxd.classify import craft
+    from pxd.engine.batched import craft
+    from pxd.storage import imageio
 
     if name not in ATTACK_NAMES:
         raise PxdError(f"unknown attack '{name}' (choose from {', '.join(ATTACK_NAMES)})")
@@ -289,7 +287,7 @@ def attack(images, labels, name: str = "bim", *, eps: float = 8,
     e = _eps(eps)
     _check_batch(batch_size)
     c = _clf_for(clf, x.shape[1:])
-    from pxd.data import DATASETS
+    from pxd.configs.datasets import DATASETS
 
     k = DATASETS[c.config.dataset].num_classes
     if y.max() >= k:
@@ -306,13 +304,13 @@ def attack(images, labels, name: str = "bim", *, eps: float = 8,
 def roc_auc(clean_scores, suspect_scores) -> float:
     """ROC AUC of a score that should be higher on suspects (e.g. bits/dim): the
     probability a suspect outscores a clean image, ties counted half."""
-    from pxd.metrics import roc_auc as _auc
+    from pxd.core.metrics import roc_auc as _auc
 
     return _auc(np.asarray(clean_scores), np.asarray(suspect_scores))
 
 
 def p_values(clean_scores, scores) -> np.ndarray:
     """Per-image p-values: the fraction of clean reference scores at least as high."""
-    from pxd.metrics import p_values as _p
+    from pxd.core.metrics import p_values as _p
 
     return _p(np.asarray(clean_scores), np.asarray(scores))

@@ -54,13 +54,21 @@ _RESUME_HINT = {"purify": "rerun with --resume to continue",
 
 def _setup(devices: int | None, distributed: bool = False, quiet: bool = False,
            json_mode: bool = False, verbose: bool = False):
-    from pxd import devices as dev
-    from pxd.report import Reporter
+    from pxd.engine import devices as dev
+    from pxd.report.terminal import Reporter
 
     if verbose:
         quiet_third_party(False)
     dev.setup(devices, distributed)
     return Reporter(quiet=quiet, json_mode=json_mode)
+
+
+def _config(name: str, **fields):
+    """The command's frozen config (`pxd.configs.commands.<name>`) from its options."""
+    from pxd.configs import commands
+    from pxd.configs.base import from_dict
+
+    return from_dict(getattr(commands, name), fields)
 
 
 def _version(value: bool):
@@ -98,8 +106,8 @@ def score(
     rep = _setup(devices, False, quiet, json_out, verbose)
     from pxd.commands.score import run_score
 
-    run_score(inputs, density=density, reference=reference, plot_dir=plot, data_dir=data_dir,
-              batch_size=batch_size, rep=rep)
+    run_score(_config("ScoreConfig", inputs=inputs, density=density, reference=reference,
+                      plot_dir=plot, data_dir=data_dir, batch_size=batch_size), rep=rep)
 
 
 @app.command("purify")
@@ -129,9 +137,10 @@ def purify(
     rep = _setup(devices, distributed, quiet, json_out, verbose)
     from pxd.commands.purify import run_purify
 
-    run_purify(input, out, eps=eps, method=method, density=density,
-               adaptive_threshold=adaptive_threshold, grid=grid, resume=resume, chunk=chunk,
-               batch_size=batch_size, data_dir=data_dir, rep=rep)
+    run_purify(_config("PurifyConfig", input=input, out=out, eps=eps, method=method,
+                       density=density, adaptive_threshold=adaptive_threshold, grid=grid,
+                       resume=resume, chunk=chunk, batch_size=batch_size, data_dir=data_dir),
+               rep=rep)
 
 
 @app.command("zoo")
@@ -156,30 +165,11 @@ def zoo_cmd(
     from pxd.commands.zoo import run_zoo_export, run_zoo_list
 
     if export is not None:
-        run_zoo_export(export, name, default=default, command=train_command,
-                       data_dir=data_dir, rep=rep, with_state=with_state)
+        run_zoo_export(_config("ZooExportConfig", run_dir=export, name=name, default=default,
+                               command=train_command, data_dir=data_dir,
+                               with_state=with_state), rep=rep)
         return
     run_zoo_list(rep)
-
-
-def _steps(dataset: str, epochs: float | None, steps: int | None, batch_size: int) -> int | None:
-    """--epochs or --steps as a step count (None: the preset's)."""
-    from pxd.data import DATASETS
-
-    if epochs is not None and steps is not None:
-        raise PxdError("give --epochs or --steps, not both")
-    if epochs is not None:
-        if not epochs > 0:
-            raise PxdError(f"--epochs must be positive, got {epochs:g}")
-        return max(1, round(epochs * DATASETS[dataset].splits["train"] / batch_size))
-    return steps
-
-
-def _check_dataset(dataset: str) -> None:
-    from pxd.data import DATASETS
-
-    if dataset not in DATASETS:
-        raise PxdError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")
 
 
 @app.command("train-density")
@@ -210,20 +200,21 @@ def train_density(
     verbose: Verbose = False,
 ):
     """Train the PixelCNN++ density model on clean images."""
-    from pxd.config import replace
-    from pxd.density import density_config
+    from pxd.configs.base import replace
+    from pxd.configs.datasets import check_dataset, training_steps
+    from pxd.configs.pixelcnn import density_config
 
-    _check_dataset(dataset)
+    check_dataset(dataset)
     if hours is not None and (epochs is not None or steps is not None):
         raise PxdError("give one budget: --epochs, --steps or --hours")
     if lr is not None and not lr > 0:
         raise PxdError(f"--lr must be positive, got {lr:g}")
     cfg = density_config(dataset, preset, batch_size=batch_size, seed=seed, lr=lr,
                          schedule=schedule, init_from=init_from)
-    steps = _steps(dataset, epochs, steps, cfg.batch_size)
+    steps = training_steps(dataset, epochs, steps, cfg.batch_size)
     cfg = replace(cfg, steps=steps)
     rep = _setup(devices, distributed, quiet, json_out, verbose)
-    from pxd.commands.density import run_train_density
+    from pxd.commands.train import run_train_density
 
     run_train_density(cfg, out, resume=resume, hours=hours, keep_steps=steps is None,
                       resume_from=resume_from, data_dir=data_dir, rep=rep)
@@ -253,14 +244,15 @@ def train_clf(
     verbose: Verbose = False,
 ):
     """Train a classifier (ResNet or VGG; normal, adversarial or label-smoothing)."""
-    from pxd.classify import clf_config
-    from pxd.config import replace
+    from pxd.configs.base import replace
+    from pxd.configs.classifier import clf_config
+    from pxd.configs.datasets import check_dataset, training_steps
 
-    _check_dataset(dataset)
+    check_dataset(dataset)
     cfg = clf_config(dataset, arch, training, preset, batch_size=batch_size, seed=seed)
-    cfg = replace(cfg, steps=_steps(dataset, epochs, steps, cfg.batch_size))
+    cfg = replace(cfg, steps=training_steps(dataset, epochs, steps, cfg.batch_size))
     rep = _setup(devices, distributed, quiet, json_out, verbose)
-    from pxd.commands.clf import run_train_clf
+    from pxd.commands.train import run_train_clf
 
     run_train_clf(cfg, out, resume=resume, data_dir=data_dir, rep=rep)
 
@@ -291,10 +283,11 @@ def attack_cmd(
 ):
     """Craft adversarial examples against a trained classifier; writes an .npz."""
     rep = _setup(devices, distributed, quiet, json_out, verbose)
-    from pxd.commands.clf import run_attack
+    from pxd.commands.attack import run_attack
 
-    run_attack(input, clf, attack=attack, eps=eps, out=out, batch_size=batch_size, steps=steps,
-               restarts=restarts, seed=seed, data_dir=data_dir, rep=rep)
+    run_attack(_config("AttackConfig", input=input, clf=clf, attack=attack, eps=eps, out=out,
+                       batch_size=batch_size, steps=steps, restarts=restarts, seed=seed,
+                       data_dir=data_dir), rep=rep)
 
 
 # --- end classifiers and attacks ---
@@ -351,17 +344,16 @@ def bench(
     attack_opts = bench_cmd.parse_attack_opts(attack_opt)
     rep = _setup(devices, distributed, quiet, json_out, verbose)
     if speed:
-        bench_cmd.run_speed(out, density=density, batch_size=batch_size, data_dir=data_dir,
-                            rep=rep)
+        bench_cmd.run_speed(_config("SpeedConfig", out=out, density=density,
+                                    batch_size=batch_size, data_dir=data_dir), rep=rep)
         return
-    bench_cmd.run_bench(
-        attacks=attack, eps_attack=eps_attack, clfs=clf, density=density, defenses=defense,
-        eps_defend=eps_defend, adaptive_threshold=adaptive_threshold, n=n, dataset=dataset,
-        out=out, adaptive_steps=adaptive_steps, adaptive_n=adaptive_n,
+    bench_cmd.run_bench(_config(
+        "BenchConfig", attacks=attack, eps_attack=eps_attack, clfs=clf, density=density,
+        defenses=defense, eps_defend=eps_defend, adaptive_threshold=adaptive_threshold, n=n,
+        dataset=dataset, out=out, adaptive_steps=adaptive_steps, adaptive_n=adaptive_n,
         adaptive_bpd_weight=adaptive_bpd_weight, restarts=restarts, seed=seed,
-        batch_size=batch_size, attack_opts=attack_opts,
-        command=" ".join(["pxd"] + _ARGS), data_dir=data_dir, rep=rep,
-    )
+        batch_size=batch_size, attack_opts=attack_opts, command=" ".join(["pxd"] + _ARGS),
+        data_dir=data_dir), rep=rep)
 
 
 # --- end bench ---

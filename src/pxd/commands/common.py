@@ -1,4 +1,5 @@
-"""Input and model resolution shared by the commands."""
+"""What several commands share: reading an input (dataset spec or image files) and bits/dim
+with a progress bar."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import os
 
 import numpy as np
 
-from pxd import data, imageio
-from pxd.errors import PxdError
+from pxd.report.terminal import Reporter
+from pxd.storage import data, imageio
 
 
 def load_input(spec: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -17,29 +18,11 @@ def load_input(spec: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray 
     return imageio.read_images(spec)
 
 
-def resolve_density(path: str | None, shape: tuple[int, ...]):
-    """(model, params, config, meta, path) of --density, or the shipped model for `shape`."""
-    from pxd.store import load_density
+def bpd_with_progress(density, x: np.ndarray, rep: Reporter, label: str,
+                      batch_size: int = 64) -> np.ndarray:
+    """Bits/dim through the public API, with a progress bar."""
+    from pxd import api
 
-    if path is None:
-        from pxd import shipped as zoo
-
-        path = zoo.default_path("density", tuple(shape))
-    model, params, cfg, meta = load_density(path)
-    from pxd.data import DATASETS
-
-    want = DATASETS[cfg.dataset].shape
-    if tuple(shape) != tuple(want):
-        raise PxdError(
-            f"images are {tuple(shape)} but the density model was trained on {cfg.dataset} "
-            f"{tuple(want)}"
-        )
-    return model, params, cfg, meta, path
-
-
-def check_eps(eps: float, name: str = "--eps") -> int:
-    if eps < 0 or eps > 255:
-        raise PxdError(f"{name} must be in [0, 255] (the 0-255 pixel scale), got {eps}")
-    if eps != int(eps):
-        raise PxdError(f"{name} must be an integer on the 0-255 scale, got {eps}")
-    return int(eps)
+    with rep.progress(f"bits/dim {label}", total=len(x)) as advance:
+        return api.bits_per_dim(x, density=density, batch_size=batch_size,
+                                on_batch=lambda k: advance(k))

@@ -1,7 +1,16 @@
-"""`pxd purify`: PixelDefend (plain or adaptive) or feature squeezing, chunked and resumable."""
+"""`pxd purify`: PixelDefend (plain or adaptive) or feature squeezing, chunked and resumable.
+
+Without --out the result goes to INPUT.purified.npz beside the input (a folder `imgs/` ->
+`imgs.purified.npz`; a dataset spec -> e.g. `cifar10_test_4.purified.npz` in the working
+folder). PixelDefend runs through the public API (`pxd.purify`, the default fast exact
+path of `core.purify`). Finished chunks
+wait in OUT.partial/ (with job.json, the settings they belong to) until the whole output is
+written, so --resume continues an interrupted run and a run with other settings starts over.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -10,10 +19,13 @@ import time
 
 import numpy as np
 
-from pxd import imageio
-from pxd.commands.common import check_eps, load_input, resolve_density
+from pxd.commands.common import load_input
+from pxd.configs.base import check_eps, config_from, to_json
+from pxd.configs.commands import PurifyConfig
 from pxd.errors import PxdError
-from pxd.report import Reporter
+from pxd.report.terminal import Reporter
+from pxd.storage import files, imageio
+from pxd.storage.runs import resolve_density
 
 METHODS = ("pixeldefend", "feature-squeeze")
 
@@ -32,26 +44,22 @@ def _job_id(x: np.ndarray, settings: dict) -> str:
     return h.hexdigest()
 
 
-def run_purify(
-    input_spec: str,
-    out: str | None = None,
-    *,
-    eps: float = 16,
-    method: str = "pixeldefend",
-    density: str | None = None,
-    adaptive_threshold: float | None = None,
-    grid: str | None = None,
-    resume: bool = False,
-    chunk: int = 256,
-    batch_size: int = 32,
-    data_dir: str | None = None,
-    rep: Reporter | None = None,
-) -> dict:
+def run_purify(cfg: PurifyConfig | str, out: str | None = None, *,
+               rep: Reporter | None = None, **options) -> dict:
+    """Purify INPUT into OUT (.npz: x, x_input, eps, y, bpd_before/after, config).
+
+    `cfg`: a PurifyConfig, or the input with the other fields as keywords (unknown keys are
+    errors). The resolved config is saved in the output as its `config` member (JSON)."""
+    cfg = config_from(PurifyConfig, cfg, "input", out=out, **options)
+    input_spec, out, eps, method = cfg.input, cfg.out, cfg.eps, cfg.method
+    density, adaptive_threshold, grid = cfg.density, cfg.adaptive_threshold, cfg.grid
+    resume, chunk, batch_size, data_dir = cfg.resume, cfg.chunk, cfg.batch_size, cfg.data_dir
     rep = rep or Reporter(quiet=True)
     if method not in METHODS:
         raise PxdError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
     if out is None:
         out = imageio.default_output(input_spec, "purified")
+        cfg = dataclasses.replace(cfg, out=out)
     if not out.endswith(".npz"):
         raise PxdError(f"--out must name a .npz file, got {out}")
     e = check_eps(eps)
@@ -79,9 +87,8 @@ def run_purify(
     part_dir = out + ".partial"
     if os.path.isdir(part_dir):
         try:
-            with open(os.path.join(part_dir, "job.json")) as f:
-                same = json.load(f).get("job") == job
-        except (OSError, json.JSONDecodeError):
+            same = files.read_json(os.path.join(part_dir, "job.json")).get("job") == job
+        except PxdError:
             same = False
         if not resume or not same:
             if resume:
@@ -90,7 +97,7 @@ def run_purify(
     elif resume:
         rep.info(f"nothing to resume at {part_dir}; starting")
     os.makedirs(part_dir, exist_ok=True)
-    imageio.write_json(os.path.join(part_dir, "job.json"), {"job": job, **settings})
+    files.write_json(os.path.join(part_dir, "job.json"), {"job": job, **settings})
 
     n = len(x)
     t0 = time.perf_counter()
@@ -127,7 +134,7 @@ def run_purify(
              for f in sorted(os.listdir(part_dir)) if f.endswith(".npz")]
     xp = np.concatenate([p["x"] for p in parts])
     eps_used = np.concatenate([p["eps"] for p in parts])
-    result_arrays = {"x": xp, "x_input": x, "eps": eps_used}
+    result_arrays = {"x": xp, "x_input": x, "eps": eps_used, "config": np.asarray(to_json(cfg))}
     if y is not None:
         result_arrays["y"] = y
     summary = {"input": input_spec, "out": out, "n": n, "method": method,

@@ -6,40 +6,32 @@ import os
 
 import numpy as np
 
-from pxd import metrics
-from pxd.commands.common import load_input, resolve_density
+from pxd.commands.common import bpd_with_progress, load_input
+from pxd.configs.base import config_from
+from pxd.configs.commands import ScoreConfig
+from pxd.core import metrics
 from pxd.errors import PxdError
-from pxd.report import Reporter
+from pxd.report.terminal import Reporter
+from pxd.storage import files, imageio
+from pxd.storage.runs import resolve_density
 
 
-def score_bpd(density, x: np.ndarray, rep: Reporter, label: str,
-              batch_size: int = 64) -> np.ndarray:
-    """Bits/dim through the public API, with a progress bar."""
-    from pxd import api
-
-    with rep.progress(f"bits/dim {label}", total=len(x)) as advance:
-        return api.bits_per_dim(x, density=density, batch_size=batch_size,
-                                on_batch=lambda k: advance(k))
-
-
-def run_score(
-    inputs: list[str],
-    *,
-    density: str | None = None,
-    reference: str | None = None,
-    plot_dir: str | None = None,
-    data_dir: str | None = None,
-    batch_size: int = 64,
-    rep: Reporter | None = None,
-) -> dict:
+def run_score(cfg: ScoreConfig | list[str], *, rep: Reporter | None = None,
+              **options) -> dict:
+    """Bits/dim of each input (and ROC AUC and p-values against `reference`); with
+    `plot_dir`, figures and the resolved config (config.json) go there. `cfg`: a ScoreConfig,
+    or the inputs with the other fields as keywords."""
+    if not isinstance(cfg, ScoreConfig):
+        cfg = tuple(cfg)
+    cfg = config_from(ScoreConfig, cfg, "inputs", **options)
+    inputs, density, reference = list(cfg.inputs), cfg.density, cfg.reference
+    plot_dir, data_dir, batch_size = cfg.plot_dir, cfg.data_dir, cfg.batch_size
     rep = rep or Reporter(quiet=True)
     if not inputs:
         raise PxdError("give at least one INPUT (file, folder or dataset spec)")
     if batch_size < 1:
         raise PxdError(f"--batch-size must be positive, got {batch_size}")
     if plot_dir is not None:
-        from pxd import imageio
-
         imageio.check_writable(plot_dir, "--plot", folder=True)
     sets = {name: load_input(name, data_dir)[0] for name in inputs}
     shapes = {x.shape[1:] for x in sets.values()}
@@ -47,14 +39,14 @@ def run_score(
         raise PxdError(f"inputs have different image shapes: {sorted(shapes)}")
     from pxd import api
 
-    model, params, cfg, meta, dpath = resolve_density(density, next(iter(shapes)))
-    dens = api.Density(model, params, cfg, dpath, meta)
+    model, params, dcfg, meta, dpath = resolve_density(density, next(iter(shapes)))
+    dens = api.Density(model, params, dcfg, dpath, meta)
     ref_bpd = None
     if reference is not None:
         xr, _ = load_input(reference, data_dir)
         if xr.shape[1:] != next(iter(shapes)):
             raise PxdError(f"reference images are {xr.shape[1:]}, inputs {next(iter(shapes))}")
-        ref_bpd = score_bpd(dens, xr, rep, "reference", batch_size)
+        ref_bpd = bpd_with_progress(dens, xr, rep, "reference", batch_size)
     result = {"density": dpath, "inputs": {}}
     if ref_bpd is not None:
         result["reference"] = dict(metrics.summary(ref_bpd), spec=reference)
@@ -62,7 +54,7 @@ def run_score(
     if ref_bpd is not None:
         hists[f"reference {reference}"] = ref_bpd.tolist()
     for name, x in sets.items():
-        bpd = score_bpd(dens, x, rep, name, batch_size)
+        bpd = bpd_with_progress(dens, x, rep, name, batch_size)
         entry = dict(metrics.summary(bpd), bpd=[float(b) for b in bpd])
         hists[name] = bpd.tolist()
         row = [name, entry["n"], entry["mean"], entry["median"], entry["q05"], entry["q95"]]
@@ -83,9 +75,10 @@ def run_score(
                         float(np.quantile(ref_bpd, 0.95)), "-"])
     rep.table(f"bits/dim under {os.path.basename(os.path.normpath(dpath))}", cols, rows)
     if plot_dir is not None:
-        from pxd import plots
+        from pxd.report import plots
 
         os.makedirs(plot_dir, exist_ok=True)
+        files.write_config(plot_dir, cfg)
         plots.bpd_histograms(os.path.join(plot_dir, "bpd_hist.png"), hists)
         if curves:
             plots.roc_curves(os.path.join(plot_dir, "roc.png"), curves,

@@ -8,11 +8,14 @@ import time
 
 import numpy as np
 
-from pxd import checkpoint, data
-from pxd import shipped as zoo
+from pxd.commands.common import bpd_with_progress
+from pxd.configs.base import config_from
+from pxd.configs.commands import ZooExportConfig
+from pxd.engine.devices import machine
 from pxd.errors import PxdError
-from pxd.report import Reporter
-from pxd.store import machine
+from pxd.report.terminal import Reporter
+from pxd.storage import checkpoint, data, files
+from pxd.storage import shipped as zoo
 
 
 def run_zoo_list(rep: Reporter) -> list[dict]:
@@ -32,8 +35,8 @@ def run_zoo_list(rep: Reporter) -> list[dict]:
 
 
 def _kind(run_dir: str) -> str:
-    with open(os.path.join(run_dir, "config.json")) as f:
-        return "classifier" if "arch" in json.load(f) else "density"
+    return "classifier" if "arch" in files.read_json(os.path.join(run_dir, "config.json")) \
+        else "density"
 
 
 def exported_step(run_dir: str, meta: dict) -> int | None:
@@ -45,11 +48,16 @@ def exported_step(run_dir: str, meta: dict) -> int | None:
     return meta.get("step") or checkpoint.latest_step(run_dir)
 
 
-def run_zoo_export(run_dir: str, name: str, *, default: bool, command: str,
-                   data_dir: str | None, rep: Reporter, zoo_dir: str = zoo.ZOO_DIR,
-                   with_state: bool = False) -> dict:
+def run_zoo_export(cfg: ZooExportConfig | str, name: str | None = None, *,
+                   rep: Reporter | None = None, zoo_dir: str = zoo.ZOO_DIR,
+                   **options) -> dict:
     """Measure a run on its full test split and copy its inference parameters into the zoo;
-    `with_state` also keeps its latest training state (density runs) for --resume-from."""
+    `with_state` also keeps its latest training state (density runs) for --resume-from.
+    `cfg`: a ZooExportConfig, or the run dir with the other fields as keywords."""
+    ec = config_from(ZooExportConfig, cfg, "run_dir", name=name, **options)
+    run_dir, name, default, command = ec.run_dir, ec.name, ec.default, ec.command
+    data_dir, with_state = ec.data_dir, ec.with_state
+    rep = rep or Reporter(quiet=True)
     if not os.path.exists(os.path.join(run_dir, "config.json")):
         raise PxdError(f"{run_dir} is not a pxd run directory")
     kind = _kind(run_dir)
@@ -59,17 +67,18 @@ def run_zoo_export(run_dir: str, name: str, *, default: bool, command: str,
             "measured": time.strftime("%Y-%m-%d"), "measured_on": machine()}
     if kind == "density":
         from pxd.api import Density
-        from pxd.commands.score import score_bpd
-        from pxd.store import load_density
+        from pxd.storage.runs import load_density
 
         model, params, cfg, meta = load_density(run_dir)
         x, _ = data.load(f"{cfg.dataset}:test", data_dir)
-        bpd = score_bpd(Density(model, params, cfg, run_dir, meta), x, rep,
-                        f"{cfg.dataset} test")
+        bpd = bpd_with_progress(Density(model, params, cfg, run_dir, meta), x, rep,
+                                f"{cfg.dataset} test")
         card.update(dataset=cfg.dataset, preset=cfg.preset, test_bpd=float(np.mean(bpd)),
                     n_test=len(x), what=f"PixelCNN++ ({cfg.preset})")
     else:
-        from pxd.classify import evaluate_accuracy, load_classifier, make_logits_fn
+        from pxd.engine.batched import evaluate_accuracy
+        from pxd.models.classifiers import make_logits_fn
+        from pxd.storage.runs import load_classifier
 
         model, variables, cfg, _ = load_classifier(run_dir)
         x, y = data.load(f"{cfg.dataset}:test", data_dir)
@@ -82,7 +91,7 @@ def run_zoo_export(run_dir: str, name: str, *, default: bool, command: str,
     if with_state:
         if kind != "density":
             raise PxdError("--with-state is for density runs")
-        from pxd.commands.density import template_state
+        from pxd.engine.jobs import template_state
 
         _, state = checkpoint.restore_state(run_dir, template_state(cfg))
     full = zoo.export(run_dir, name, kind=kind, default=default, card=card, zoo_dir=zoo_dir,

@@ -7,15 +7,21 @@ the lowest value. eps = 0 returns the input.
 
 - `purify_reference`: the literal algorithm, one full network forward per sub-pixel
   (`lax.scan` over H*W*C positions). Ground truth and benchmark baseline.
+- `purify_pixels` (the default, `make_purifier(..., "auto")`, for networks without
+  downsampling): Ramachandran et al.'s caching. Per row, the `u` stream runs once from the
+  cached rows above; then each pixel runs the `ul` stream on that pixel alone from the cached
+  inputs of the row above and of its left neighbour, and the cheap head picks R, G, B in
+  turn. Every activation is computed once.
 - `purify_rows` (networks without downsampling): one row at a time. The `u` stream of
   a row depends only on finished rows, so it runs once per row from cached context;
   the `ul` stream and the head are iterated over the row (Jacobi) until the row stops
   changing. A fixed point of that iteration is exactly the greedy decode, and it is
   reached in at most W+1 iterations.
-- `purify_jacobi` (any network, U-Net included): the same fixed-point iteration over
-  the whole image.
-Both fast paths score only the values inside the feasible window and evaluate the
-network once per pixel, its cheap head once per channel.
+- `purify_jacobi` (any network, U-Net included; "auto" picks it for the U-Net): the same
+  fixed-point iteration over the whole image.
+Both iterative paths score only the values inside the feasible window and evaluate the
+network once per pixel, its cheap head once per channel (per iteration). `feature_squeeze`
+(5-bit colour, 2x2 median) is the paper's other defence.
 """
 
 from __future__ import annotations

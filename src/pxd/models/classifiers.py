@@ -8,12 +8,17 @@ the `batch_stats` collection; dropout draws from the rng stream named 'dropout'.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from pxd.configs.classifier import CLASSIFIER_PRESETS, ClfConfig
+from pxd.configs.datasets import DATASETS
 from pxd.errors import PxdError
 
 _BN_MOMENTUM = 0.9  # faster-moving statistics than flax's 0.99 suit short CPU runs
@@ -139,24 +144,6 @@ class VGG(nn.Module):
         return nn.Dense(self.num_classes)(h)
 
 
-# {arch: {preset: constructor kwargs}}.
-#   smoke: seconds on 2 CPU cores, for tests and dry runs.
-#   cpu:   estimated ~80% CIFAR-10 within well under an hour on 2 CPU cores (ResNet-14;
-#          a VGG with a quarter of the paper's widths).
-#   paper: Appendix G (ResNet-62; VGG-16 with the paper's widths).
-CLASSIFIER_PRESETS: dict[str, dict[str, dict]] = {
-    "resnet": {
-        "smoke": {"blocks_per_stage": 1, "widths": (8, 16, 32)},
-        "cpu": {"blocks_per_stage": 2, "widths": (16, 32, 64)},
-        "paper": {"blocks_per_stage": 10, "widths": (16, 32, 64)},
-    },
-    "vgg": {
-        "smoke": {"stages": ((4, 1), (8, 1), (16, 1), (16, 1)), "fc": 32, "dropout": 0.1},
-        "cpu": {"stages": ((16, 1), (32, 2), (128, 2), (128, 2)), "fc": 256, "dropout": 0.3},
-        "paper": {"stages": ((16, 1), (128, 2), (512, 3), (512, 3)), "fc": 512, "dropout": 0.5},
-    },
-}
-
 _ARCHS: dict[str, type[nn.Module]] = {"resnet": ResNet, "vgg": VGG}
 
 
@@ -179,3 +166,40 @@ def make_classifier(arch: str, preset: str | dict, num_classes: int = 10) -> nn.
         return _ARCHS[arch](**kwargs)
     except TypeError as err:
         raise PxdError(f"bad {arch} settings {sorted(kwargs)}: {err}") from None
+
+
+def _tuples(v: Any) -> Any:
+    """Lists back to tuples: flax modules must be hashable."""
+    return tuple(_tuples(a) for a in v) if isinstance(v, list | tuple) else v
+
+
+def build_classifier(cfg: ClfConfig):
+    """The classifier a ClfConfig describes (its dataset's number of classes)."""
+    model_cfg = {k: _tuples(v) for k, v in cfg.model.items()}
+    return make_classifier(cfg.arch, model_cfg, DATASETS[cfg.dataset].num_classes)
+
+
+def init_variables(model, shape: tuple[int, int, int], *, key: jax.Array) -> dict:
+    """{'params', 'batch_stats'} for images of `shape` (H, W, C)."""
+    x = jnp.zeros((1,) + tuple(shape), jnp.float32)
+    return dict(jax.jit(lambda k: model.init({"params": k}, x, train=False))(key))
+
+
+def _apply(model, variables, x):
+    return model.apply(variables, jnp.asarray(x, jnp.float32), train=False)
+
+
+@functools.cache
+def _bound_apply(model):
+    # one function object per model, so jitted callers hit their cache across calls
+    return functools.partial(_apply, model)
+
+
+def make_logits_fn(model, params, batch_stats) -> jax.tree_util.Partial:
+    """Eval-mode `logits_fn(x float32 (N,H,W,C) in 0..255) -> logits (N, K)`.
+
+    A `jax.tree_util.Partial`: the variables are pytree leaves, so jitted code takes them as
+    arguments (no constants baked into programs) and can place them on the mesh.
+    """
+    return jax.tree_util.Partial(_bound_apply(model), {"params": params,
+                                                       "batch_stats": batch_stats})

@@ -23,13 +23,15 @@ before (i, j) in raster order and on channels < c of pixel (i, j).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pxd.likelihood import (
+from pxd.errors import PxdError
+from pxd.models.mixture import (
     mixture_channel_scores,
     mixture_logits,
     mixture_nll,
@@ -341,14 +343,14 @@ class PixelCNN(nn.Module):
         return jnp.stack(outs, axis=-2)
 
 
-PIXELCNN_PRESETS: dict[str, dict] = {
-    # seconds on a laptop core; for tests
-    "smoke": dict(nr_filters=8, nr_resnet=1, nr_stages=1, downsample=False, dropout=0.0,
-                  nr_mix=3, head="mixture"),
-    # the best this 2-core CPU trains in hours; flat (no U-Net) so the fast row purifier applies
-    "cpu": dict(nr_filters=32, nr_resnet=2, nr_stages=1, downsample=False, dropout=0.0,
-                nr_mix=10, head="mixture"),
-    # PixelCNN++ as published (Salimans et al. 2017)
-    "paper": dict(nr_filters=160, nr_resnet=5, nr_stages=3, downsample=True, dropout=0.5,
-                  nr_mix=10, head="mixture"),
-}
+def build_model(model_cfg: dict, channels: int) -> PixelCNN:
+    names = {f.name for f in dataclasses.fields(PixelCNN)} - {"parent", "name", "channels"}
+    unknown = sorted(set(model_cfg) - names)
+    if unknown:
+        raise PxdError(f"unknown PixelCNN option(s): {', '.join(unknown)}")
+    return PixelCNN(channels=channels, **model_cfg)
+
+
+def init_params(model: PixelCNN, shape: tuple[int, int, int], *, key: jax.Array):
+    x = jnp.zeros((1,) + tuple(shape), jnp.uint8)
+    return model.init({"params": key}, x)["params"]

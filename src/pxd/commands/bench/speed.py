@@ -17,9 +17,10 @@ import time
 import jax
 import numpy as np
 
-from pxd import data, devices
-from pxd.report import Reporter
-from pxd.store import machine
+from pxd.engine import devices
+from pxd.engine.devices import machine
+from pxd.report.terminal import Reporter
+from pxd.storage import data
 
 
 def _timed(fn, *args):
@@ -31,7 +32,7 @@ def _timed(fn, *args):
 def bench_purify(model, params, x: np.ndarray, *, eps: int, n_ref: int, batch: int,
                  rep: Reporter) -> dict:
     from pxd.core.purify import first_difference_gaps, make_purifier
-    from pxd.density import PixelCNN
+    from pxd.models.pixelcnn import PixelCNN
 
     m = devices.mesh()
     ndev = m.devices.size
@@ -75,8 +76,9 @@ def bench_purify(model, params, x: np.ndarray, *, eps: int, n_ref: int, batch: i
 
 
 def bench_train(model, x: np.ndarray, *, batch: int, steps: int) -> dict:
-    from pxd.density import init_params, make_loss_fn
-    from pxd.training import init_state, make_optimizer, make_train_step
+    from pxd.core.losses import make_density_loss_fn as make_loss_fn
+    from pxd.core.training import init_state, make_optimizer, make_train_step
+    from pxd.models.pixelcnn import init_params
 
     out = {}
     tx = make_optimizer(1e-3, 1.0)
@@ -111,7 +113,7 @@ def eager_baseline(name: str, lf, x: np.ndarray, y: np.ndarray, *, eps: float, k
     the same iterates as pxd (the bench reports whether the images agree)."""
     import jax.numpy as jnp
 
-    from pxd import attacks as A
+    from pxd.core import attacks as A
 
     f = A.as_pytree(lf)
     step = _baseline_steps()
@@ -156,7 +158,7 @@ def eager_baseline(name: str, lf, x: np.ndarray, y: np.ndarray, *, eps: float, k
 
 @functools.cache
 def _baseline_steps() -> dict:
-    from pxd import attacks as A
+    from pxd.core import attacks as A
 
     return {
         "sign": jax.jit(A.sign_update),
@@ -173,9 +175,9 @@ def bench_attacks(lf, x: np.ndarray, y: np.ndarray, *, eps: float, batch: int,
 
     Order per attack: compile both, then baseline, pxd, baseline, pxd (interleaved, so a
     change in the machine's load hits both); each figure is the faster of its two runs.
-    pxd = `classify.craft`, as `pxd attack` and `pxd bench` run it (all devices).
+    pxd = `engine.batched.craft`, as `pxd attack` and `pxd bench` run it (all devices).
     """
-    from pxd.classify import craft
+    from pxd.engine.batched import craft
 
     opts = ATTACK_SPEED_OPTS if opts is None else opts
     x, y = x[:batch], y[:batch].astype(np.int32)
@@ -212,8 +214,8 @@ def bench_old_loop(lf, x: np.ndarray, y: np.ndarray, *, eps: float) -> dict:
     `lax.fori_loop`) against the host-driven chunks, same images."""
     import jax.numpy as jnp
 
-    from pxd import attacks as A
-    from pxd.classify import craft
+    from pxd.core import attacks as A
+    from pxd.engine.batched import craft
 
     f = A.as_pytree(lf)
 
@@ -239,14 +241,10 @@ def bench_old_loop(lf, x: np.ndarray, y: np.ndarray, *, eps: float) -> dict:
 
 def bench_clf_training(x: np.ndarray, y: np.ndarray, *, steps: int) -> dict:
     """Seconds per CIFAR-10 epoch of the cpu ResNet for each training technique."""
-    from pxd.classify import (
-        build_classifier,
-        clf_config,
-        init_variables,
-        make_clf_loss_fn,
-        make_clf_optimizer,
-    )
-    from pxd.training import init_state, make_train_step
+    from pxd.configs.classifier import clf_config
+    from pxd.core.losses import make_clf_loss_fn
+    from pxd.core.training import init_state, make_clf_optimizer, make_train_step
+    from pxd.models.classifiers import build_classifier, init_variables
 
     out = {}
     m = devices.mesh()
@@ -275,20 +273,21 @@ def run_bench_speed(*, density: str | None, preset: str = "cpu", n_fast: int = 6
                     n_ref: int = 2, eps: int = 16, batch: int = 32, train_steps: int = 10,
                     attacks_too: bool = True, n_attack: int = 100,
                     data_dir: str | None = None, rep: Reporter | None = None) -> dict:
-    from pxd.density import build_model, density_config, init_params
+    from pxd.configs.pixelcnn import density_config
     from pxd.errors import PxdError
+    from pxd.models.pixelcnn import build_model, init_params
 
     rep = rep or Reporter(quiet=True)
     x, _ = data.load(f"cifar10:test[:{max(n_fast, n_ref)}]", data_dir)
     if density is None:
-        from pxd import shipped as zoo
+        from pxd.storage import shipped as zoo
 
         try:
             density = zoo.default_path("density", (32, 32, 3))
         except PxdError:
             rep.info("no shipped CIFAR-10 density model: timing an untrained one")
     if density is not None:
-        from pxd.store import load_density
+        from pxd.storage.runs import load_density
 
         model, params, cfg, _ = load_density(density)
         label = f"{density} (preset {cfg.preset})"
@@ -303,11 +302,12 @@ def run_bench_speed(*, density: str | None, preset: str = "cpu", n_fast: int = 6
     rep.info("training speed: 1 device vs all devices")
     res["train"] = bench_train(model, x, batch=batch, steps=train_steps)
     if attacks_too:
-        from pxd.classify import load_classifier, make_logits_fn
+        from pxd.models.classifiers import make_logits_fn
+        from pxd.storage.runs import load_classifier
 
         xa, ya = data.load(f"cifar10:test[:{n_attack}]", data_dir)
         try:
-            from pxd import shipped as zoo
+            from pxd.storage import shipped as zoo
 
             clf_path = zoo.default_path("classifier", (32, 32, 3))
             cm, cv, _, _ = load_classifier(clf_path)

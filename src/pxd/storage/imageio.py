@@ -1,4 +1,5 @@
-"""User image files in and out: .npz/.npy arrays, PNG/JPEG files and folders, atomic writes.
+"""User image files in and out: .npz/.npy arrays, PNG/JPEG files and folders (written
+through the atomic writer of files.py).
 
 Everything read comes back as uint8 NHWC with C in {1, 3}; anything else is a PxdError with a
 one-line message naming the file and what is wrong.
@@ -6,25 +7,25 @@ one-line message naming the file and what is wrong.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from pxd.errors import PxdError
+from pxd.storage.files import (  # noqa: F401 (imageio.atomic_write etc., as before)
+    _UMASK,
+    atomic_open,
+    atomic_path,
+    atomic_write,
+    write_json,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARRAY_KEYS = ("x", "images")
 LABEL_KEYS = ("y", "labels")
-
-# mkstemp creates files 0600; give outputs the permissions a plain open() would.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def _one_line(e: BaseException) -> str:
@@ -286,73 +287,6 @@ def check_writable(path: str, option: str = "--out", *, folder: bool = False) ->
                        f"({e.strerror or _one_line(e)}); choose a writable location") from e
 
 
-# --------------------------------------------------------------------------- atomic writes
-
-
-@contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temporary path next to `path`; on success it replaces `path` atomically.
-
-    The temp name keeps `path`'s suffix (so e.g. numpy/PIL infer the format and append
-    nothing). On an exception the temp file is removed and `path` is left untouched.
-    """
-    path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    base = os.path.basename(path)
-    fd, tmp = tempfile.mkstemp(
-        dir=parent, prefix=f".{base}.", suffix=".tmp" + os.path.splitext(base)[1]
-    )
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:  # flush whatever wrote by name to disk before the rename
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(parent)
-
-
-@contextlib.contextmanager
-def atomic_open(path: str, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
-    """`with atomic_open(p, "w") as f:` writes `p` all-or-nothing (see `atomic_path`)."""
-    if not mode.startswith("w"):
-        raise ValueError(f"atomic_open is for writing, got mode {mode!r}")
-    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
-        yield f
-        f.flush()
-
-
-def atomic_write(path: str, write_fn: Callable[[IO], Any] | None = None, mode: str = "wb"):
-    """Write `path` all-or-nothing: `write_fn(f)` fills an open temp file that then replaces it.
-
-    Without `write_fn` this is `atomic_open(path, mode)`, for use as a context manager.
-    """
-    if write_fn is None:
-        return atomic_open(path, mode)
-    with atomic_open(path, mode) as f:
-        write_fn(f)
-    return None
-
-
-def _fsync_dir(d: str) -> None:
-    # Makes the rename itself durable; not possible on every platform/filesystem.
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_npz(path: str, **arrays: Any) -> None:
     """Save numeric arrays to an uncompressed .npz, atomically (never a partial file)."""
     if not os.fspath(path).endswith(".npz"):
@@ -363,20 +297,6 @@ def write_npz(path: str, **arrays: Any) -> None:
             raise TypeError(f"write_npz: array {k!r} has dtype object; save numeric arrays")
     # Writing to a file object: numpy then never appends '.npz' to the temp name.
     atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
-
-
-def write_json(path: str, obj: Any, indent: int = 2) -> None:
-    """Write `obj` as JSON (numpy scalars/arrays allowed), atomically, ending in a newline."""
-    text = json.dumps(obj, indent=indent, default=_json_default) + "\n"
-    atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 # --------------------------------------------------------------------------- pictures out

@@ -24,10 +24,10 @@ import tarfile
 import urllib.parse
 import zlib
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from pxd.configs.datasets import DATASETS, DatasetInfo  # noqa: F401 (data.DATASETS)
 from pxd.errors import PxdError
 
 ENV_DATA_DIR = "PXD_DATA_DIR"
@@ -53,68 +53,6 @@ _FASHION_FILES = {
 _IDX_IMAGES_MAGIC = 2051
 _IDX_LABELS_MAGIC = 2049
 
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Static facts about a dataset; also readable dict-style (`info["shape"]`)."""
-
-    name: str
-    shape: tuple[int, int, int]  # (H, W, C) of one image
-    num_classes: int
-    class_names: tuple[str, ...]
-    splits: dict[str, int]  # split name -> number of examples
-    tfds_name: str
-    download_url: str  # tfds downloads from here; probed first to fail fast offline
-
-    def __getitem__(self, key: str) -> Any:
-        try:
-            return getattr(self, key)
-        except AttributeError:
-            raise KeyError(key) from None
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "cifar10": DatasetInfo(
-        name="cifar10",
-        shape=(32, 32, 3),
-        num_classes=10,
-        class_names=(
-            "airplane",
-            "automobile",
-            "bird",
-            "cat",
-            "deer",
-            "dog",
-            "frog",
-            "horse",
-            "ship",
-            "truck",
-        ),
-        splits={"train": 50000, "test": 10000},
-        tfds_name="cifar10",
-        download_url="https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-    ),
-    "fashion_mnist": DatasetInfo(
-        name="fashion_mnist",
-        shape=(28, 28, 1),
-        num_classes=10,
-        class_names=(
-            "T-shirt/top",
-            "Trouser",
-            "Pullover",
-            "Dress",
-            "Coat",
-            "Sandal",
-            "Shirt",
-            "Sneaker",
-            "Bag",
-            "Ankle boot",
-        ),
-        splits={"train": 60000, "test": 10000},
-        tfds_name="fashion_mnist",
-        download_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-    ),
-}
 
 # Spellings people type from the folder / archive names.
 _ALIASES = {"cifar-10": "cifar10", "fashion-mnist": "fashion_mnist"}

@@ -2,30 +2,30 @@
 
 A run directory holds `config.json`, `ckpt/step_<n>/` (full training state, orbax),
 `ckpt/LATEST` (the step of the newest complete checkpoint), `best/` (inference
-parameters, orbax) and `meta.json` (metrics). Every pointer is written after the data
-it points to, by rename, so a run killed at any moment leaves a usable checkpoint.
+parameters, orbax: for a density run the EMA parameters of its best evaluation, for a
+classifier its LATEST evaluated variables, not selected on test accuracy) and `meta.json`
+(metrics). Every pointer is written after the data it points to, by rename, so a run killed
+at any moment leaves a usable checkpoint. `run_params_path` finds the inference parameters
+of a run dir or of a shipped model (params.msgpack, whose sha256 is checked on load).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from typing import Any
 
 import jax
 
+from pxd.configs import base as config
 from pxd.errors import PxdError
+from pxd.storage import files, imageio
 
 
 def _ocp():
     import orbax.checkpoint as ocp
 
     return ocp
-
-
-def _write_text(path: str, text: str) -> None:
-    _write_bytes(path, text.encode())
 
 
 def save_state(run_dir: str, step: int, state: Any, keep: int = 2) -> None:
@@ -38,7 +38,7 @@ def save_state(run_dir: str, step: int, state: Any, keep: int = 2) -> None:
     ckptr = _ocp().StandardCheckpointer()
     ckptr.save(path, state)
     ckptr.wait_until_finished()
-    _write_text(os.path.join(ckdir, "LATEST"), str(step))
+    files.write_text(os.path.join(ckdir, "LATEST"), str(step))
     steps = sorted(
         int(d.split("_")[1]) for d in os.listdir(ckdir) if d.startswith("step_") and "." not in d
     )
@@ -49,8 +49,6 @@ def save_state(run_dir: str, step: int, state: Any, keep: int = 2) -> None:
 def check_run_dir(out: str, cfg: Any, *, resume: bool) -> None:
     """Refuse to overwrite a run, to resume nothing, or to resume with another config
     (apart from `steps`: a run may be extended)."""
-    from pxd import config, imageio
-
     imageio.check_writable(out, "--out", folder=True)
     cfg_path = os.path.join(out, "config.json")
     if os.path.exists(cfg_path):
@@ -61,14 +59,6 @@ def check_run_dir(out: str, cfg: Any, *, resume: bool) -> None:
             raise PxdError(f"{out} was trained with a different config; resume it as it was")
     elif resume:
         raise PxdError(f"nothing to resume in {out}")
-
-
-def write_config(out: str, cfg: Any) -> None:
-    """The resolved config, saved beside the run's outputs."""
-    from pxd import config
-
-    os.makedirs(out, exist_ok=True)
-    _write_text(os.path.join(out, "config.json"), config.to_json(cfg))
 
 
 def latest_step(run_dir: str) -> int | None:
@@ -110,17 +100,8 @@ def save_msgpack(path: str, params: Any) -> str:
     from flax import serialization
 
     blob = serialization.msgpack_serialize(jax.device_get(params))
-    _write_bytes(path, blob)
+    files.write_bytes(path, blob)
     return hashlib.sha256(blob).hexdigest()
-
-
-def _write_bytes(path: str, blob: bytes) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_state_msgpack(path: str, state: Any) -> str:
@@ -150,8 +131,7 @@ def _load_msgpack(path: str, card_key: str = "sha256") -> Any:
         blob = f.read()
     card = os.path.join(os.path.dirname(path), "card.json")
     if os.path.exists(card):
-        with open(card) as f:
-            want = json.load(f).get(card_key)
+        want = files.read_json(card).get(card_key)
         got = hashlib.sha256(blob).hexdigest()
         if want != got:
             raise PxdError(f"checksum mismatch for {path}: card says {want}, file is {got}")
@@ -174,22 +154,12 @@ def load_params(path: str, target: Any | None = None) -> Any:
 
 
 def write_meta(run_dir: str, meta: dict) -> None:
-    _write_text(os.path.join(run_dir, "meta.json"), json.dumps(meta, indent=2, sort_keys=True))
+    files.write_json(os.path.join(run_dir, "meta.json"), meta, sort_keys=True, newline=False)
 
 
 def read_json(run_dir: str, name: str) -> dict:
     """run_dir/name parsed, or {} when absent (meta.json of a run, card.json of a zoo entry)."""
-    p = os.path.join(run_dir, name)
-    if not os.path.exists(p):
-        return {}
-    try:
-        with open(p) as f:
-            obj = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PxdError(f"cannot read {p}: {' '.join(str(e).split())}") from None
-    if not isinstance(obj, dict):
-        raise PxdError(f"{p}: expected a JSON object")
-    return obj
+    return files.read_json(os.path.join(run_dir, name))
 
 
 def model_kind(run_dir: str) -> str | None:
@@ -207,3 +177,13 @@ def model_kind(run_dir: str) -> str | None:
 
 def read_meta(run_dir: str) -> dict:
     return read_json(run_dir, "meta.json")
+
+
+def run_params_path(run_dir: str) -> str:
+    """The inference parameters of a run: a zoo entry's `params.msgpack`, else the run's
+    `best/`, else `final/`."""
+    for name in ("params.msgpack", "best", "final"):
+        p = os.path.join(run_dir, name)
+        if os.path.exists(p):
+            return p
+    raise PxdError(f"{run_dir} holds no trained parameters (best/ or final/)")

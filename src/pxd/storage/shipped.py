@@ -7,13 +7,15 @@ card.json (what it is, how it was made, the sha256 of params.msgpack, checked on
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
+from pxd.configs.datasets import DATASETS
 from pxd.errors import PxdError
+from pxd.storage import checkpoint, files
 
-ZOO_DIR = os.path.join(os.path.dirname(__file__), "zoo")
+# The package data folder pxd/zoo/ (this module lives in pxd/storage/).
+ZOO_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "zoo")
 
 
 def entries(zoo_dir: str = ZOO_DIR) -> list[dict]:
@@ -24,15 +26,12 @@ def entries(zoo_dir: str = ZOO_DIR) -> list[dict]:
     for name in sorted(os.listdir(zoo_dir)):
         card = os.path.join(zoo_dir, name, "card.json")
         if os.path.isfile(card):
-            with open(card) as f:
-                out.append(dict(json.load(f), name=name, path=os.path.join(zoo_dir, name)))
+            out.append(dict(files.read_json(card), name=name, path=os.path.join(zoo_dir, name)))
     return out
 
 
 def card_of(path: str) -> dict:
     """The model card of a zoo entry directory; {} for a plain run directory."""
-    from pxd import checkpoint
-
     return checkpoint.read_json(path, "card.json")
 
 
@@ -57,8 +56,6 @@ def not_found_hint(path: str, kind: str) -> str:
 def default_path(kind: str, shape: tuple[int, ...], training: str | None = None,
                  arch: str | None = None) -> str:
     """The shipped default model of `kind` ('density' or 'classifier') for images of `shape`."""
-    from pxd.data import DATASETS
-
     for e in entries():
         if e.get("kind") != kind or tuple(DATASETS[e["dataset"]].shape) != tuple(shape):
             continue
@@ -82,10 +79,7 @@ def export(run_dir: str, name: str, *, kind: str, default: bool, card: dict,
 
     `state`, the run's full training state, is kept as train_state.msgpack so that
     `pxd train-density --resume-from NAME` can continue the run without its directory."""
-    from pxd import checkpoint
-    from pxd.store import run_params_path
-
-    params = checkpoint.load_params(run_params_path(run_dir))
+    params = checkpoint.load_params(checkpoint.run_params_path(run_dir))
     dest = os.path.join(zoo_dir, name)
     tmp = dest + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -93,16 +87,14 @@ def export(run_dir: str, name: str, *, kind: str, default: bool, card: dict,
     shutil.copy(os.path.join(run_dir, "config.json"), os.path.join(tmp, "config.json"))
     meta = checkpoint.read_meta(run_dir)
     meta.pop("evals", None)
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
+    files.write_json(os.path.join(tmp, "meta.json"), meta, sort_keys=True, newline=False)
     digest = checkpoint.save_msgpack(os.path.join(tmp, "params.msgpack"), params)
     full = dict(card, kind=kind, default=default, sha256=digest)
     if state is not None:
         full["state_sha256"] = checkpoint.save_state_msgpack(
             os.path.join(tmp, "train_state.msgpack"), state)
         full["state_step"] = int(state.step)
-    with open(os.path.join(tmp, "card.json"), "w") as f:
-        json.dump(full, f, indent=2, sort_keys=True)
+    files.write_json(os.path.join(tmp, "card.json"), full, sort_keys=True, newline=False)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     return full

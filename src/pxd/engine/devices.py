@@ -8,6 +8,7 @@ code path serves several GPUs, and several hosts after `jax.distributed.initiali
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Callable
 from typing import Any
 
@@ -119,3 +120,11 @@ def map_batches(
     if not outs:
         raise ValueError("map_batches: empty input")
     return jax.tree_util.tree_map(lambda *rs: np.concatenate(rs, axis=0), *outs)
+
+
+def machine() -> str:
+    """This host and its devices, as recorded in meta.json and reports."""
+    import jax
+
+    devs = jax.devices()
+    return f"{platform.machine()} {os.cpu_count()} cores, {len(devs)} x {devs[0].device_kind}"

@@ -1,4 +1,6 @@
-"""Typed, frozen configs: one per command, strict about keys and types, saved beside outputs."""
+"""Strict helpers for every frozen config: from_dict and replace (unknown keys and type
+mismatches are errors), to_json, load_json and loads (saved configs read back as strictly),
+config_from (a run_* function's config or its fields), and check_eps for 0..255 epsilons."""
 
 from __future__ import annotations
 
@@ -55,6 +57,24 @@ def from_dict(cls, data: dict) -> Any:
         raise PxdError(f"{cls.__name__}: {e}") from None
 
 
+def config_from(cls, given, first: str, **fields):
+    """`given` itself when it is a `cls` (then no other fields may be given); else a `cls`
+    built by `from_dict` with `given` as field `first` and the other fields as given, so
+    `run_purify("in.npz", eps=4)` and `run_purify(PurifyConfig("in.npz", eps=4))` agree."""
+    if isinstance(given, cls):
+        extra = sorted(k for k, v in fields.items() if v is not None)
+        if extra:
+            raise PxdError(f"give a {cls.__name__} or its fields, not both ({', '.join(extra)})")
+        return given
+    fields = {k: v for k, v in fields.items() if v is not None or k not in _defaults(cls)}
+    return from_dict(cls, {first: given, **fields})
+
+
+def _defaults(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+
 def replace(cfg, **changes):
     """`dataclasses.replace` with the same strictness as `from_dict`."""
     data = dataclasses.asdict(cfg)
@@ -67,9 +87,31 @@ def to_json(cfg) -> str:
 
 
 def load_json(cls, path: str):
+    """The config saved at `path` (a config.json); unknown keys are errors."""
     try:
         with open(path) as f:
             data = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise PxdError(f"cannot read config {path}: {e}") from None
     return from_dict(cls, data)
+
+
+def loads(cls, text: str):
+    """A config from its JSON text (e.g. the `config` member of an output .npz)."""
+    try:
+        data = json.loads(str(text))
+    except json.JSONDecodeError as e:
+        raise PxdError(f"cannot read config: {e}") from None
+    if not isinstance(data, dict):
+        raise PxdError("cannot read config: expected a JSON object")
+    return from_dict(cls, data)
+
+
+def check_eps(eps: float, name: str = "--eps") -> int:
+    """An epsilon given on the 0..255 pixel scale, as the integer every purifier and attack
+    uses; anything else is a one-line error naming the option."""
+    if eps < 0 or eps > 255:
+        raise PxdError(f"{name} must be in [0, 255] (the 0-255 pixel scale), got {eps}")
+    if eps != int(eps):
+        raise PxdError(f"{name} must be an integer on the 0-255 scale, got {eps}")
+    return int(eps)

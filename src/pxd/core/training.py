@@ -7,16 +7,16 @@ uninterrupted run would have done from step s.
 
 from __future__ import annotations
 
-import time
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from pxd import checkpoint, devices
+from pxd.configs.classifier import ClfConfig
+from pxd.configs.pixelcnn import DensityConfig
 
 
 class TrainState(NamedTuple):
@@ -95,66 +95,30 @@ def make_optimizer(lr: float | optax.Schedule, lr_decay: float = 1.0,
     return optax.chain(*parts, optax.adam(sched))
 
 
-def batch_indices(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
-    """Indices of the examples of training step `step` (epoch-wise permutations)."""
-    per_epoch = max(1, n // batch_size)
-    epoch, i = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    return perm[i * batch_size : (i + 1) * batch_size]
+def make_density_optimizer(cfg: DensityConfig):
+    return make_optimizer(lr_schedule(cfg.lr, schedule=cfg.schedule, lr_decay=cfg.lr_decay,
+                                      warmup=cfg.warmup, steps=cfg.steps))
 
 
-def train_loop(
-    *,
-    state: TrainState,
-    step_fn,
-    data: dict[str, np.ndarray],
-    batch_size: int,
-    steps: int,
-    key: jax.Array,
-    seed: int,
-    run_dir: str | None = None,
-    ckpt_every: int = 500,
-    eval_every: int = 0,
-    eval_fn: Callable[[TrainState], dict] | None = None,
-    on_step: Callable[[int, dict, float], None] | None = None,
-    on_eval: Callable[[int, dict], None] | None = None,
-    stop_after: int | None = None,
-) -> tuple[TrainState, list[dict]]:
-    """Run from `state.step` to `steps`; checkpoints to `run_dir` every `ckpt_every` steps.
+def clf_lr_schedule(cfg: ClfConfig):
+    """Linear warm-up to `lr` over `warmup_steps`, then half cosine to 0 at `steps`."""
+    warm = max(cfg.warmup_steps, 1)
+    span = max(cfg.steps - cfg.warmup_steps, 1)
 
-    `stop_after` ends the loop early after that many steps of this call (tests use it to
-    simulate a killed run). Returns the final state and the evaluation history.
-    """
-    m = devices.mesh()
-    rep = devices.replicated(m)
-    state = jax.device_put(state, rep)
-    n = next(iter(data.values())).shape[0]
-    start = int(state.step)
-    history: list[dict] = []
-    t_last = time.perf_counter()
-    done_here = 0
-    for s in range(start, steps):
-        idx = batch_indices(seed, s, n, batch_size)
-        batch, _ = devices.shard_batch({k: v[idx] for k, v in data.items()}, m)
-        state, metrics = step_fn(state, batch, key=key)
-        # Wait for every step: queuing many sharded steps has deadlocked XLA's CPU
-        # collectives (seen with 2 virtual devices), and the host has no work to overlap.
-        jax.block_until_ready(metrics)
-        done_here += 1
-        step_no = s + 1
-        if on_step is not None:
-            metrics = jax.device_get(metrics)
-            now = time.perf_counter()
-            on_step(step_no, metrics, len(idx) / max(now - t_last, 1e-9))
-            t_last = now
-        last = step_no == steps or (stop_after is not None and done_here >= stop_after)
-        if eval_fn is not None and ((eval_every and step_no % eval_every == 0) or last):
-            ev = dict(eval_fn(state), step=step_no)
-            history.append(ev)
-            if on_eval is not None:
-                on_eval(step_no, ev)
-        if run_dir is not None and (step_no % ckpt_every == 0 or last):
-            checkpoint.save_state(run_dir, step_no, jax.device_get(state))
-        if last and step_no != steps:
-            break
-    return state, history
+    def sched(step):
+        s = jnp.asarray(step, jnp.float32)
+        ramp = jnp.minimum(1.0, (s + 1.0) / warm)
+        t = jnp.clip((s - cfg.warmup_steps) / span, 0.0, 1.0)
+        return cfg.lr * ramp * 0.5 * (1.0 + jnp.cos(math.pi * t))
+
+    return sched
+
+
+def make_clf_optimizer(cfg: ClfConfig) -> optax.GradientTransformation:
+    def kernels(params):
+        return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+
+    return optax.chain(
+        optax.add_decayed_weights(cfg.weight_decay, mask=kernels),
+        optax.sgd(clf_lr_schedule(cfg), momentum=cfg.momentum, nesterov=True),
+    )

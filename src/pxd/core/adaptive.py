@@ -32,7 +32,7 @@ itself rather than at random noise, since noise alone lifts the bits/dim far abo
 All functions are pure and jittable; results stay integral, inside the eps-ball and [0, 255].
 Called on concrete arrays, `bpda_pgd` and `make_bpda_attack`'s attack drive the step loop
 from the host over a jitted step, checking the early stop between steps: a network in a
-`lax` loop body is ~8x slower on CPU (see `pxd.attacks`). Under an outer jit the same
+`lax` loop body is ~8x slower on CPU (see `pxd.core.attacks`). Under an outer jit the same
 iterates come from `lax` loops.
 """
 
@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pxd.attacks import (
+from pxd.core.attacks import (
     budget,
     finish,
     pgd_step_size,
@@ -54,7 +54,7 @@ from pxd.attacks import (
     uniform_int_noise,
     xent,
 )
-from pxd.likelihood import bits_per_dim
+from pxd.models.mixture import bits_per_dim
 
 Defence = Callable[[jax.Array], jax.Array]  # float32 integral images -> float32 images
 # oracle(x, y) -> (ascent direction (N,H,W,C), loss (N,), misclassified (N,) bool)
@@ -294,7 +294,7 @@ def make_bpda_attack(defence_name: str, *, density_model=None, purify: Callable 
     steps driven from the host on concrete arrays, one jitted program when traced.
 
     defence_name: none (plain PGD), feature-squeeze, pixeldefend or adaptive-pixeldefend.
-    `logits_fn` is a pytree (e.g. `classify.make_logits_fn`), so its variables and the
+    `logits_fn` is a pytree (e.g. `models.classifiers.make_logits_fn`), so its variables and the
     density parameters are arguments, not constants baked into the program; eps is per
     example, so one compilation serves every budget.
     """

@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pxd.imageio import atomic_path  # noqa: E402
+from pxd.storage.files import atomic_path  # noqa: E402
 
 
 def _save(fig, path: str) -> None:

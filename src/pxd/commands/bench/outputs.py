@@ -1,0 +1,153 @@
+"""What the bench writes and prints: OUT/results.json, report.md (the table beside the
+paper's), per_image.csv, the figures (through report.plots) and the terminal summary."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import numpy as np
+
+from pxd.commands.bench.paper import PAPER_EPS, TITLES, cell, paper_cell
+from pxd.report.terminal import Reporter
+from pxd.storage import files
+
+
+def grid_lines(info: dict) -> list[str]:
+    eps_list = info["eps_attack"]
+    cols = info["columns"]
+    paper_cols = {"clean", "rand", "fgsm", "bim", "deepfool", "cw", "strongest"}
+    show_paper = any(e in PAPER_EPS for e in eps_list)
+    head = ["NETWORK / TRAINING / DEFENCE"] + [TITLES[c] for c in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in info["rows"]:
+        vals = [cell(r["acc"].get(c, {}), eps_list) for c in cols]
+        lines.append("| " + " | ".join([r["name"]] + vals) + " |")
+        if show_paper and r["paper"] is not None:
+            pv = [paper_cell(r["paper"].get(c), eps_list) if c in paper_cols else ""
+                  for c in cols]
+            lines.append("| " + " | ".join(["  paper Table 1"] + pv) + " |")
+    return lines
+
+
+def report_md(info: dict) -> str:
+    eps_list = info["eps_attack"]
+    eps_s = "/".join(str(e) for e in eps_list)
+    L = ["# pxd bench: PixelDefend Table 1", ""]
+    L += [f"Command: `{info['command']}`", "",
+          f"- date {info['date']}, machine {info['machine']}, wall time {info['wall_s']:.1f} s",
+          f"- {info['n']} test images ({info['input']}), seed {info['seed']}",
+          f"- cells: accuracy (%) at eps_attack = {eps_s} (0-255 scale), "
+          f"eps_defend = {info['eps_defend']}"]
+    if info["threshold"] is not None:
+        L.append(f"- adaptive PixelDefend threshold {info['threshold']:.4f} bits/dim: "
+                 f"{info['threshold_how']}")
+    if info["attack_opts"]:
+        L.append(f"- attack options: `{json.dumps(info['attack_opts'], sort_keys=True)}`")
+    if tuple(eps_list) != PAPER_EPS or info["eps_defend"] != 16:
+        L.append("- the paper's cells are for eps_attack 2/8/16 and eps_defend 16; '--' marks "
+                 "eps it has no number for")
+    L += ["", "## Models", "", "| role | path | sha256 (params) | preset | quality |",
+          "|---|---|---|---|---|"]
+    for c in info["classifiers"]:
+        acc = c["test_acc"]
+        q = f"test acc {acc:.4f} on {c['test_n']} images" if acc is not None else "test acc n/a"
+        L.append(f"| classifier {c['label']} | `{c['path']}` | `{c['sha256']}` | "
+                 f"{c['arch']} {c['preset']} | {q} |")
+    d = info["density"]
+    if d is not None:
+        b = d["test_bpd"]
+        q = (f"test bits/dim {b:.4f} on {d['test_bpd_n']} images" if b is not None
+             else "test bits/dim n/a")
+        L.append(f"| density | `{d['path']}` | `{d['sha256']}` | PixelCNN++ {d['preset']} | {q} |")
+    L += ["", "## Accuracy (%)", "",
+          "Oblivious attacks are crafted against the classifier alone, then the defence is "
+          "applied (the paper's setting). STRONGEST ATTACK: per-eps minimum over the attack "
+          "columns; WORST CASE PER IMAGE: images surviving every attack. ADAPTIVE (BPDA): "
+          f"end-to-end attack on the defended classifier ({info['adaptive']['steps']} steps, "
+          f"{info['adaptive']['restarts']} restart(s), first {info['adaptive']['images']} "
+          "images); plain PGD for the undefended rows.", ""]
+    L += grid_lines(info)
+    L += ["", "## Detection: ROC AUC of the bits/dim detector", "",
+          "Clean test images negative, attacked images positive (0.5: no signal).", ""]
+    if info["detection"]:
+        L += ["| classifier | attack | " + " | ".join(f"eps {e}" for e in eps_list) + " |",
+              "|---|---|" + "---|" * len(eps_list)]
+        for r in info["detection"]:
+            L.append(f"| {r['classifier']} | {TITLES[r['attack']]} | "
+                     + " | ".join(f"{r['auc'][e]:.3f}" for e in eps_list) + " |")
+    else:
+        L.append("No density model: detection skipped.")
+    L += ["", "## Sanity checks (Carlini et al. 2019)", ""]
+    for c in info["sanity"]:
+        L.append(f"- **{c['status']}** {c['check']}: {c.get('detail', '')}")
+    L += ["", "## Internal consistency (guaranteed by construction)", ""]
+    bad = [c for c in info["consistency"] if not c["ok"]]
+    L.append(f"- {len(info['consistency']) - len(bad)}/{len(info['consistency'])} PASS")
+    L += [f"- **FAIL** {c['check']}" for c in bad]
+    L += ["", "## Adaptive attack", "", info["adaptive"]["method"], "",
+          "## Cache", "", "`cache/` holds every crafted, purified and scored array: "
+          + ", ".join(f"{k}: {v['new']} new, {v['hits']} reused"
+                      for k, v in info["cache"].items()), ""]
+    return "\n".join(L) + "\n"
+
+
+def write_outputs(out: str, info: dict, x, y, per_image: dict, roc_by_eps: dict,
+                   eps_list: list[int], rep: Reporter) -> None:
+    from pxd.report import plots
+
+    files.write_json(os.path.join(out, "results.json"), jsonable(info))
+    files.write_text(os.path.join(out, "report.md"), report_md(info))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    names = list(per_image)
+    w.writerow(["index", "label"] + names)
+    for i in range(len(y)):
+        w.writerow([i, int(y[i])] + [int(per_image[k][i]) if i < len(per_image[k]) else ""
+                                     for k in names])
+    files.write_text(os.path.join(out, "per_image.csv"), buf.getvalue())
+    for d in info["defences"]:
+        series = {}
+        rows = [r for r in info["rows"] if r["defence"] == d]
+        for r in rows:
+            for c in info["columns"]:
+                if c == "clean":
+                    continue
+                name = TITLES[c] if len(rows) == 1 else f"{r['name']}: {TITLES[c]}"
+                series[name] = [100 * r["acc"][c].get(e, float("nan")) for e in eps_list]
+        plots.accuracy_vs_eps(os.path.join(out, f"acc_vs_eps_{d}.png"), eps_list, series,
+                              title=f"defence: {d}")
+    for e, curves in roc_by_eps.items():
+        plots.roc_curves(os.path.join(out, f"roc_eps{e}.png"), curves,
+                         title=f"bits/dim detector, eps {e} (clean negative)")
+
+
+def jsonable(o):
+    """Int keys (eps) to strings, arrays to lists, for results.json."""
+    if isinstance(o, dict):
+        return {str(k): jsonable(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [jsonable(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    return o
+
+
+def print_summary(info: dict, rep: Reporter) -> None:
+    eps_s = "/".join(str(e) for e in info["eps_attack"])
+    cols = info["columns"]
+    short = dict(TITLES, strongest="STRONGEST", worst="WORST/IMG", adaptive="BPDA")
+    rep.table(f"accuracy (%) at eps {eps_s}, eps_defend {info['eps_defend']}, "
+              f"n={info['n']}", ["row"] + [short[c] for c in cols],
+              [[r["name"]] + [cell(r["acc"].get(c, {}), info["eps_attack"]) for c in cols]
+               for r in info["rows"]])
+    for c in info["sanity"]:
+        rep.info(f"{c['status']}: {c['check']} ({c.get('detail', '')})")
+    bad = [c for c in info["consistency"] if not c["ok"]]
+    for c in bad:
+        rep.error(f"consistency FAIL: {c['check']}")
+    rep.json(jsonable(info))

@@ -1,0 +1,1 @@
+"""Typed, frozen configs: strict helpers, datasets, model presets, one config per command."""

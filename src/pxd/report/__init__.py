@@ -1,0 +1,1 @@
+"""What users see: the terminal (rich, in terminal.py) and figures (matplotlib, in plots.py)."""

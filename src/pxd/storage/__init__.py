@@ -1,0 +1,1 @@
+"""Everything that touches disk: datasets, user images, checkpoints, run dirs, shipped models."""
