@@ -329,7 +329,7 @@ def test_deepfool_shrinks_the_batch_to_active_examples(monkeypatch):
     # others' iterates are a full-batch loop's up to float32 rounding (XLA:CPU blocks a
     # matmul by batch size: here a few ulps; on the shipped ResNet-14, whose only matmul
     # is 64 wide, bit-identical, as `pxd bench --speed` reports) and its integer images.
-    import pxd.attacks as A
+    import pxd.core.attacks as A
 
     logits_fn = A.as_pytree(_conv_logits_fn())
     x, y = _batch(8)
