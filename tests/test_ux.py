@@ -118,6 +118,7 @@ CORPUS = [
     ("bench --attack-opt cw.nope=1", "option"),
     ("score cifar10:validation", "split"),
     ("zoo --export {d}/not_a_run", "--name"),
+    ("zoo --export {d}/not_a_run --name x", "not a pxd run directory"),
     # files
     ("purify {d}/empty.npz", "empty file"),
     ("purify {d}/truncated.npz", "not a readable numpy file"),

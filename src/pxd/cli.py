@@ -63,7 +63,7 @@ def _setup(devices: int | None, distributed: bool = False, quiet: bool = False,
     return Reporter(quiet=quiet, json_mode=json_mode)
 
 
-def _config(name: str, **fields):
+def _config(name: str, /, **fields):
     """The command's frozen config (`pxd.configs.commands.<name>`) from its options."""
     from pxd.configs import commands
     from pxd.configs.base import from_dict
