@@ -32,11 +32,12 @@ demo: $(STAMP)
 	$(BIN)/pxd bench --attack all --eps-attack 2,8,16 --n 100 --adaptive-n 50 --adaptive-steps 20 \
 	  --out demo-out
 
-# Two pytest workers, whole files each (module fixtures built once): compiling and waiting on
-# subprocesses leave a core idle in one process. `make test TEST_WORKERS=0` runs serially.
+# Two pytest workers (pytest-xdist): compiling and waiting on subprocesses leave a core idle
+# in one process. Whole files per worker, slow subprocess tests spread (tests/conftest.py).
+# `make test TEST_WORKERS=0` runs serially.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

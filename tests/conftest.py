@@ -67,3 +67,18 @@ def cifar() -> str:
 @pytest.fixture(scope="session")
 def fashion() -> str | None:
     return fashion_dir()
+
+
+# --------------------------------------------------------------------------- scheduling
+
+SPLIT_FIRST = ("test_interrupt.py",)  # slow subprocess tests: one worker group each, first
+
+
+def pytest_collection_modifyitems(config, items):
+    """For `make test` (pytest-xdist, --dist loadgroup): each file is one group, so its
+    module fixtures are built once, except the slow real-signal tests, which are spread over
+    the workers and start first instead of leaving one worker alone at the end."""
+    for item in items:
+        split = item.path.name in SPLIT_FIRST
+        item.add_marker(pytest.mark.xdist_group(item.nodeid if split else item.path.name))
+    items.sort(key=lambda it: it.path.name not in SPLIT_FIRST)
