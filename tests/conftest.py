@@ -71,14 +71,11 @@ def fashion() -> str | None:
 
 # --------------------------------------------------------------------------- scheduling
 
-SPLIT_FIRST = ("test_interrupt.py",)  # slow subprocess tests: one worker group each, first
+FIRST = ("test_interrupt.py",)  # the slowest file (real-signal subprocess tests)
 
 
 def pytest_collection_modifyitems(config, items):
-    """For `make test` (pytest-xdist, --dist loadgroup): each file is one group, so its
-    module fixtures are built once, except the slow real-signal tests, which are spread over
-    the workers and start first instead of leaving one worker alone at the end."""
-    for item in items:
-        split = item.path.name in SPLIT_FIRST
-        item.add_marker(pytest.mark.xdist_group(item.nodeid if split else item.path.name))
-    items.sort(key=lambda it: it.path.name not in SPLIT_FIRST)
+    """For `make test` (pytest-xdist, --dist loadfile: a file stays on one worker, so its
+    module fixtures are built once): the slowest file goes first, so one worker runs it while
+    the other works through the rest, instead of it running alone at the end."""
+    items.sort(key=lambda it: it.path.name not in FIRST)
