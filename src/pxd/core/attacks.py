@@ -477,10 +477,10 @@ def _deepfool_host(logits_fn, s: DeepFoolState, x0, y, candidates, max_iter: int
     n = x0.shape[0]
     ndev = len(x0.sharding.device_set)
     ndev = ndev if n % ndev == 0 else 1
-    r_tot, active = np.array(s.r_tot), np.array(s.active)
+    r_tot, active = np.array(s.r_tot), np.array(s.active)  # updated in place below
     step = s.step
     # sub-batches keep the caller's sharding (sharded batches stay sharded)
-    host = [(np.asarray(a), a.sharding) for a in (x0, y, candidates, s.r_tot, s.active)]
+    fixed = [(np.asarray(a), a.sharding) for a in (x0, y, candidates)]
     for _ in range(max_iter):
         idx = np.flatnonzero(active)
         if idx.size == 0:
@@ -488,7 +488,8 @@ def _deepfool_host(logits_fn, s: DeepFoolState, x0, y, candidates, max_iter: int
         b = _bucket(idx.size, n, ndev)
         take = np.arange(n) if b == n else np.resize(idx, b)  # pads by repeating actives
         xs, ys, cs, rs, acts = (jax.device_put(a[take], sh) for (a, sh) in
-                                [*host[:3], (r_tot, host[3][1]), (active, host[4][1])])
+                                [*fixed, (r_tot, s.r_tot.sharding),
+                                 (active, s.active.sharding)])
         sub = DeepFoolState(rs, acts, step)
         sub = _deepfool_chunk(logits_fn, sub, xs, ys, cs, k=1, overshoot=overshoot,
                               quantize=quantize)

@@ -25,22 +25,22 @@ def parse_eps_list(s: str, name: str = "--eps-attack") -> list[int]:
     return sorted({check_eps(v, name) for v in vals})
 
 
-def parse_attacks(s: str) -> list[str]:
-    names = list(PAPER_ATTACKS) if s.strip() == "all" else _items(s)
-    bad = [a for a in names if a not in KNOWN_ATTACKS]
+def _choose(s: str, what: str, known, all_) -> list[str]:
+    """'all' or a comma list of names from `known`, returned in table order."""
+    names = list(all_) if s.strip() == "all" else _items(s)
+    bad = [a for a in names if a not in known]
     if bad or not names:
-        raise PxdError(f"unknown attack {', '.join(bad) or repr(s)} "
-                       f"(choose from all, {', '.join(KNOWN_ATTACKS)})")
-    return [a for a in KNOWN_ATTACKS if a in names]  # table order
+        raise PxdError(f"unknown {what} {', '.join(bad) or repr(s)} "
+                       f"(choose from all, {', '.join(known)})")
+    return [a for a in known if a in names]
+
+
+def parse_attacks(s: str) -> list[str]:
+    return _choose(s, "attack", KNOWN_ATTACKS, PAPER_ATTACKS)
 
 
 def parse_defences(s: str) -> list[str]:
-    names = list(DEFENCES) if s.strip() == "all" else _items(s)
-    bad = [d for d in names if d not in DEFENCES]
-    if bad or not names:
-        raise PxdError(f"unknown defence {', '.join(bad) or repr(s)} "
-                       f"(choose from all, {', '.join(DEFENCES)})")
-    return [d for d in DEFENCES if d in names]  # table order
+    return _choose(s, "defence", DEFENCES, DEFENCES)
 
 
 def _scalar(v: str):
