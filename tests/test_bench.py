@@ -85,6 +85,14 @@ def test_grid_guarantees(grid):
         for col in attacks + ["strongest", "worst", "adaptive"]:
             assert acc[col]["0"] == acc["clean"]["0"], (r["name"], col)
     assert res["consistency"] and all(c["ok"] for c in res["consistency"])
+    for r in res["rows"]:  # every cell: its k of n, and a 95% interval around the accuracy
+        for col, by_eps in r["acc"].items():
+            for e, a in by_eps.items():
+                k, n = r["counts"][col][e]
+                lo, hi = r["ci95"][col][e]
+                assert n == N and k / n == a and lo <= a <= hi, (r["name"], col, e)
+    report = open(os.path.join(grid["out"], "report.md")).read()
+    assert "95% confidence intervals (Wilson" in report and "Against the paper" in report
     assert {c["status"] for c in res["sanity"]} <= {"PASS", "WARN"} and len(res["sanity"]) == 3
     assert res["threshold"] is not None
     assert res["density"]["sha256"] and res["classifiers"][0]["sha256"]
@@ -322,3 +330,25 @@ def test_config_saved_beside_the_outputs(grid):
     assert bench.parse_eps_list(cfg.eps_attack) == res["eps_attack"]
     assert bench.parse_attacks(cfg.attacks) == res["attacks"]
     assert cfg.command == res["command"] and (cfg.attack_opts or {}) == res["attack_opts"]
+
+
+def test_interval_and_paper_verdicts_by_hand():
+    from pxd.commands.bench.outputs import column_title
+    from pxd.commands.bench.rows import against_paper, intervals, paper_verdict, row_counts
+
+    clean = np.array([1, 1, 1, 0], bool)
+    corr = {"fgsm": {2: np.array([1, 0, 0, 0], bool)}, "bim": {2: np.array([0, 1, 0, 0], bool)}}
+    cnt = row_counts(clean, corr, [2], adaptive={2: np.array([0, 1], bool)})
+    assert cnt["clean"][2] == [3, 4] and cnt["strongest"][2] == [1, 4]
+    assert cnt["worst"][2] == [0, 4] and cnt["adaptive"][2] == [1, 2]
+    ci = intervals(cnt)
+    # paper 92 at eps 2 for CLEAN: our 3/4 has interval 30-95%, so inside; FGSM's 33 vs 1/4
+    # (5-70%) inside; BIM's 10 vs 1/4 inside; the made-up 99 for STRONGEST is not
+    checks = against_paper(ci, {"clean": "92/92/92", "fgsm": "33/15/11", "strongest": "99/0/0"})
+    assert [(c["column"], c["inside"]) for c in checks] == [
+        ("clean", True), ("fgsm", True), ("strongest", False)]
+    assert paper_verdict(checks).startswith("paper inside our 95% interval in 2/3 cells")
+    assert "STRONGEST ATTACK eps 2 (paper 99, ours 5-70)" in paper_verdict(checks)
+    info = {"n": 4, "rows": [{"counts": cnt}]}
+    assert column_title(info, "adaptive") == "ADAPTIVE (BPDA), n=2"
+    assert column_title(info, "fgsm") == "FGSM"

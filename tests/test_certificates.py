@@ -15,9 +15,9 @@ import pytest
 
 from pxd.configs.pixelcnn import PIXELCNN_PRESETS
 from pxd.core.likelihood import make_bpd_fn
-from pxd.core.metrics import p_values, roc_auc, roc_curve
+from pxd.core.metrics import p_values, roc_auc, roc_curve, wilson
 from pxd.core.purify import make_purifier
-from pxd.models.pixelcnn import PixelCNN, build_model
+from pxd.models.pixelcnn import PixelCNN, build_model, init_params
 
 NEAR_TIE = 1e-4  # float rounding may flip an argmax between scores closer than this
 METHODS = ("reference", "pixels", "rows", "jacobi")
@@ -26,8 +26,7 @@ METHODS = ("reference", "pixels", "rows", "jacobi")
 def _smoke(shape=(32, 32, 3), seed=0, **over):
     cfg = dict(PIXELCNN_PRESETS["smoke"], **over)
     model = build_model(cfg, shape[-1])
-    params = model.init({"params": jax.random.key(seed)}, jnp.zeros((1,) + shape, jnp.uint8))
-    return model, params["params"]
+    return model, init_params(model, shape, key=jax.random.key(seed))
 
 
 def _full_logprobs(model, params, y):
@@ -141,6 +140,18 @@ def test_roc_auc_hand_values_and_orientation():
     assert roc_auc([2, 3, 4], [1, 2, 3]) == pytest.approx(2 / 9)  # swapped: 1 - 7/9
     assert roc_auc([0, 0], [1, 1]) == 1.0 and roc_auc([1, 1], [0, 0]) == 0.0
     assert roc_auc([5, 5], [5, 5]) == 0.5
+
+
+def test_wilson_interval_hand_values():
+    # closed forms: at k = 0 the upper end is z^2 / (n + z^2); symmetric about 1/2 at k = n/2
+    z2 = 1.959963984540054 ** 2
+    assert wilson(0, 10) == (pytest.approx(0.0), pytest.approx(z2 / (10 + z2)))
+    assert wilson(10, 10) == (pytest.approx(10 / (10 + z2)), pytest.approx(1.0))
+    lo, hi = wilson(5, 10)
+    assert lo == pytest.approx(0.236593, abs=1e-6) and hi == pytest.approx(1 - lo)
+    lo, hi = wilson(30, 100)  # a textbook value: 0.2189-0.3958
+    assert (round(lo, 4), round(hi, 4)) == (0.2189, 0.3958)
+    assert wilson(30, 300)[1] - wilson(30, 300)[0] < hi - lo  # narrower with more images
 
 
 def test_roc_curve_hand_values():

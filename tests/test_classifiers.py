@@ -7,6 +7,7 @@ import pytest
 
 from pxd.configs.classifier import CLASSIFIER_PRESETS
 from pxd.errors import PxdError
+from pxd.models import init_key
 from pxd.models.classifiers import VGG, ResNet, make_classifier
 
 SHAPES = [(2, 32, 32, 3), (2, 28, 28, 1)]
@@ -32,7 +33,7 @@ def test_forward_shapes_train_and_eval(arch, shape):
     @jax.jit
     def run(x):
         # one compiled program: eager flax dispatch of every op is far slower on CPU
-        variables = model.init({"params": _key(0)}, x, train=False)
+        variables = model.init({"params": init_key(_key(0))}, x, train=False)
         logits = model.apply(variables, x, train=False)
         logits_t, updates = model.apply(
             variables,

@@ -10,7 +10,7 @@ import pytest
 from pxd.configs.pixelcnn import PIXELCNN_PRESETS
 from pxd.core.likelihood import make_bpd_fn
 from pxd.models.mixture import bits_per_dim, nll_from_logits
-from pxd.models.pixelcnn import PixelCNN, build_model
+from pxd.models.pixelcnn import PixelCNN, build_model, init_params
 
 SHAPES = [(32, 32, 3), (28, 28, 1)]
 
@@ -22,8 +22,7 @@ def _model(preset, channels, **over):
 
 
 def _init(model, shape, seed=0):
-    x = jnp.zeros((1,) + shape, jnp.uint8)
-    return model.init({"params": jax.random.key(seed)}, x)["params"]
+    return init_params(model, shape, key=jax.random.key(seed))
 
 
 def _logits(model, params, x):

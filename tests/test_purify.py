@@ -7,7 +7,7 @@ import pytest
 
 from pxd.configs.pixelcnn import PIXELCNN_PRESETS
 from pxd.core.purify import feature_squeeze, first_difference_gaps, make_purifier
-from pxd.models.pixelcnn import build_model
+from pxd.models.pixelcnn import build_model, init_params
 
 NEAR_TIE = 1e-4
 
@@ -16,8 +16,7 @@ def _setup(shape, preset="smoke", seed=0, **over):
     cfg = dict(PIXELCNN_PRESETS[preset])
     cfg.update(over)
     model = build_model(cfg, shape[-1])
-    params = model.init({"params": jax.random.key(seed)}, jnp.zeros((1,) + shape, jnp.uint8))
-    return model, params["params"]
+    return model, init_params(model, shape, key=jax.random.key(seed))
 
 
 def _assert_same(model, params, x, ref, out, eps):

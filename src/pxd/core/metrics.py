@@ -1,4 +1,5 @@
-"""Detection metrics (numpy): ROC curve and AUC with ties handled, per-image p-values."""
+"""Detection metrics (numpy): ROC curve and AUC with ties handled, per-image p-values; the
+Wilson interval for an accuracy measured on n images."""
 
 from __future__ import annotations
 
@@ -56,3 +57,18 @@ def summary(values: np.ndarray) -> dict:
     q = np.quantile(v, [0.05, 0.25, 0.5, 0.75, 0.95])
     return {"n": int(len(v)), "mean": float(v.mean()), "median": float(q[2]),
             "q05": float(q[0]), "q25": float(q[1]), "q75": float(q[3]), "q95": float(q[4])}
+
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials (95% by default). Unlike the normal
+    approximation it stays inside [0, 1] and is not empty at k = 0 or k = n."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return float(max(0.0, mid - half)), float(min(1.0, mid + half))

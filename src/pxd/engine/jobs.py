@@ -64,8 +64,10 @@ def template_state(cfg: DensityConfig):
     """A training state of the right structure for `cfg` (to restore checkpoints into)."""
     shape = DATASETS[cfg.dataset].shape
     model = build_model(cfg.model, shape[-1])
-    params = init_params(model, shape, key=jax.random.key(0))
-    return jax.device_get(init_state(params, {}, make_density_optimizer(cfg)))
+    tx = make_density_optimizer(cfg)
+    shapes = jax.eval_shape(
+        lambda k: init_state(init_params(model, shape, key=k), {}, tx), jax.random.key(0))
+    return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
 

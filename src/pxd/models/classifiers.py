@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from pxd.configs.classifier import CLASSIFIER_PRESETS, ClfConfig
 from pxd.configs.datasets import DATASETS
 from pxd.errors import PxdError
+from pxd.models import init_key
 
 _BN_MOMENTUM = 0.9  # faster-moving statistics than flax's 0.99 suit short CPU runs
 _BN_EPSILON = 1e-5
@@ -181,8 +182,13 @@ def build_classifier(cfg: ClfConfig):
 
 def init_variables(model, shape: tuple[int, int, int], *, key: jax.Array) -> dict:
     """{'params', 'batch_stats'} for images of `shape` (H, W, C)."""
-    x = jnp.zeros((1,) + tuple(shape), jnp.float32)
-    return dict(jax.jit(lambda k: model.init({"params": k}, x, train=False))(key))
+    return dict(_init(model, tuple(shape), key))
+
+
+@partial(jax.jit, static_argnums=(0, 1))  # one compile per (model, shape)
+def _init(model, shape: tuple[int, ...], key: jax.Array):
+    x = jnp.zeros((1,) + shape, jnp.float32)
+    return model.init({"params": init_key(key)}, x, train=False)
 
 
 def _apply(model, variables, x):

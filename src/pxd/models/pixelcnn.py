@@ -24,6 +24,7 @@ before (i, j) in raster order and on channels < c of pixel (i, j).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator
 
 import flax.linen as nn
@@ -31,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from pxd.errors import PxdError
+from pxd.models import init_key
 from pxd.models.mixture import (
     mixture_channel_scores,
     mixture_logits,
@@ -352,5 +354,9 @@ def build_model(model_cfg: dict, channels: int) -> PixelCNN:
 
 
 def init_params(model: PixelCNN, shape: tuple[int, int, int], *, key: jax.Array):
-    x = jnp.zeros((1,) + tuple(shape), jnp.uint8)
-    return model.init({"params": key}, x)["params"]
+    return _init(model, tuple(shape), key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))  # one compile per (model, shape)
+def _init(model: PixelCNN, shape: tuple[int, ...], key: jax.Array):
+    return model.init({"params": init_key(key)}, jnp.zeros((1,) + shape, jnp.uint8))["params"]

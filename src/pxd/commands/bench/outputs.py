@@ -11,8 +11,17 @@ import os
 import numpy as np
 
 from pxd.commands.bench.paper import PAPER_EPS, TITLES, cell, paper_cell
+from pxd.commands.bench.rows import paper_verdict
 from pxd.report.terminal import Reporter
 from pxd.storage import files
+
+
+def column_title(info: dict, c: str) -> str:
+    """The column's title, with its image count where it covers fewer than the grid's n."""
+    ns = {n for r in info["rows"] for (_, n) in r.get("counts", {}).get(c, {}).values()}
+    if ns and max(ns) < info["n"]:
+        return f"{TITLES[c]}, n={max(ns)}"
+    return TITLES[c]
 
 
 def grid_lines(info: dict) -> list[str]:
@@ -20,7 +29,7 @@ def grid_lines(info: dict) -> list[str]:
     cols = info["columns"]
     paper_cols = {"clean", "rand", "fgsm", "bim", "deepfool", "cw", "strongest"}
     show_paper = any(e in PAPER_EPS for e in eps_list)
-    head = ["NETWORK / TRAINING / DEFENCE"] + [TITLES[c] for c in cols]
+    head = ["NETWORK / TRAINING / DEFENCE"] + [column_title(info, c) for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in info["rows"]:
         vals = [cell(r["acc"].get(c, {}), eps_list) for c in cols]
@@ -29,6 +38,20 @@ def grid_lines(info: dict) -> list[str]:
             pv = [paper_cell(r["paper"].get(c), eps_list) if c in paper_cols else ""
                   for c in cols]
             lines.append("| " + " | ".join(["  paper Table 1"] + pv) + " |")
+    return lines
+
+
+def interval_lines(info: dict) -> list[str]:
+    """The grid again, each cell as its 95% Wilson interval in percent ('3-12 / 0-4')."""
+    eps_list = info["eps_attack"]
+    cols = info["columns"]
+    head = ["NETWORK / TRAINING / DEFENCE"] + [column_title(info, c) for c in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in info["rows"]:
+        vals = [" / ".join(f"{100 * r['ci95'][c][e][0]:.0f}-{100 * r['ci95'][c][e][1]:.0f}"
+                           if e in r["ci95"].get(c, {}) else "--" for e in eps_list)
+                for c in cols]
+        lines.append("| " + " | ".join([r["name"]] + vals) + " |")
     return lines
 
 
@@ -70,6 +93,16 @@ def report_md(info: dict) -> str:
           f"{info['adaptive']['restarts']} restart(s), first {info['adaptive']['images']} "
           "images); plain PGD for the undefended rows.", ""]
     L += grid_lines(info)
+    L += ["", "### 95% confidence intervals (Wilson, %)", "",
+          f"Each cell's accuracy is k of n images; n = {info['n']} unless the column title "
+          "says otherwise.", ""]
+    L += interval_lines(info)
+    checked = [r for r in info["rows"] if r.get("paper_check")]
+    if checked:
+        L += ["", "### Against the paper", "",
+              "Whether each of the paper's cells lies in our interval (the paper prints whole "
+              "percents, so a cell counts as inside when its +-0.5 meets the interval).", ""]
+        L += [f"- **{r['name']}**: {paper_verdict(r['paper_check'])}" for r in checked]
     L += ["", "## Detection: ROC AUC of the bits/dim detector", "",
           "Clean test images negative, attacked images positive (0.5: no signal).", ""]
     if info["detection"]:

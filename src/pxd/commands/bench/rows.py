@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pxd.commands.bench.paper import pct
+from pxd.commands.bench.paper import PAPER_EPS, TITLES, pct
+from pxd.core.metrics import wilson
 
 
 def row_accuracies(clean: np.ndarray, attack_correct: dict[str, dict[int, np.ndarray]],
@@ -26,6 +27,60 @@ def row_accuracies(clean: np.ndarray, attack_correct: dict[str, dict[int, np.nda
     if adaptive is not None:
         acc["adaptive"] = {e: float(adaptive[e].mean()) for e in eps_list if e in adaptive}
     return acc
+
+
+def row_counts(clean: np.ndarray, attack_correct: dict[str, dict[int, np.ndarray]],
+               eps_list: list[int], adaptive: dict[int, np.ndarray] | None = None) -> dict:
+    """Per cell of `row_accuracies`, [images correct, images evaluated]. STRONGEST counts as
+    the column that attains the minimum (every attack column covers the same images)."""
+    n = len(clean)
+    cnt: dict[str, dict[int, list[int]]] = {"clean": {e: [int(clean.sum()), n]
+                                                      for e in eps_list}}
+    for a, by_eps in attack_correct.items():
+        cnt[a] = {e: [int(by_eps[e].sum()), len(by_eps[e])] for e in eps_list}
+    names = list(attack_correct)
+    cnt["strongest"] = {e: min((cnt[a][e] for a in names), key=lambda kn: kn[0] / kn[1])
+                        for e in eps_list}
+    cnt["worst"] = {e: [int(np.all([attack_correct[a][e] for a in names], 0).sum()), n]
+                    for e in eps_list}
+    if adaptive is not None:
+        cnt["adaptive"] = {e: [int(adaptive[e].sum()), len(adaptive[e])]
+                           for e in eps_list if e in adaptive}
+    return cnt
+
+
+def intervals(counts: dict) -> dict:
+    """column -> eps -> [low, high]: 95% Wilson intervals of the accuracies."""
+    return {c: {e: list(wilson(k, n)) for e, (k, n) in by_eps.items()}
+            for c, by_eps in counts.items()}
+
+
+def against_paper(ci: dict, paper: dict[str, str] | None) -> list[dict]:
+    """Each of the paper's cells we also measured, and whether it lies in our interval. The
+    paper prints whole percents, so a value p counts as inside when [p-0.5, p+0.5]% meets it."""
+    out = []
+    for c, ref in (paper or {}).items():
+        for e, v in zip(PAPER_EPS, ref.split("/"), strict=True):
+            if c not in ci or e not in ci[c]:
+                continue
+            lo, hi = ci[c][e]
+            p = int(v)
+            inside = lo * 100 <= p + 0.5 and p - 0.5 <= hi * 100
+            out.append(dict(column=c, eps=e, paper=p, low=lo, high=hi, inside=bool(inside)))
+    return out
+
+
+def paper_verdict(checks: list[dict]) -> str:
+    """One line: how many of the paper's cells lie in our intervals, and the others."""
+    if not checks:
+        return "no paper cells to compare"
+    bad = [c for c in checks if not c["inside"]]
+    s = f"paper inside our 95% interval in {len(checks) - len(bad)}/{len(checks)} cells"
+    if bad:
+        s += "; outside: " + ", ".join(
+            f"{TITLES[c['column']]} eps {c['eps']} (paper {c['paper']}, ours "
+            f"{100 * c['low']:.0f}-{100 * c['high']:.0f})" for c in bad)
+    return s
 
 
 def consistency(name: str, clean: np.ndarray, attack_correct: dict, acc: dict,

@@ -41,7 +41,14 @@ from pxd.commands.bench.paper import (
     TRAINING_TITLES,
     bim_steps,
 )
-from pxd.commands.bench.rows import consistency, row_accuracies, sanity_checks
+from pxd.commands.bench.rows import (
+    against_paper,
+    consistency,
+    intervals,
+    row_accuracies,
+    row_counts,
+    sanity_checks,
+)
 from pxd.configs.base import check_eps, from_dict
 from pxd.configs.commands import BenchConfig, SpeedConfig
 from pxd.configs.datasets import DATASETS
@@ -355,9 +362,12 @@ def add_rows(t: Table, p: Plan, m: dict, grid: dict, bim2x: dict | None, n: int,
                                      g.get("adaptive"))
         paper = (PAPER_TABLE1.get((m["cfg"].arch, m["cfg"].training, d))
                  if dataset == "cifar10" else None)  # Table 1 is CIFAR-10 only
+        counts = row_counts(g["clean"], g["corr"], eps_list, g.get("adaptive"))
+        ci = intervals(counts)
         t.rows.append(dict(
             name=row_name, classifier=m["path"], defence=d, acc=acc, paper=paper,
-            adaptive_images=k_adapt if "adaptive" in g else 0))
+            adaptive_images=k_adapt if "adaptive" in g else 0,
+            counts=counts, ci95=ci, paper_check=against_paper(ci, paper)))
         t.per_image[f"{row_name} | CLEAN"] = g["clean"]
         for a in p.attacks:
             for e in eps_list:
