@@ -355,6 +355,42 @@ def test_deepfool_shrinks_the_batch_to_active_examples(monkeypatch):
     assert A._bucket(5, 8, 1) == 8 and A._bucket(3, 8, 1) == 4
 
 
+def test_cw_aborts_per_example_and_shrinks_the_batch(monkeypatch):
+    # CW's early abort judges each example's own objective (Carlini's code at its default
+    # batch size of 1), so an image's result does not depend on the rest of its batch, and
+    # the host loop drops stopped examples at each checkpoint.
+    import pxd.core.attacks as A
+
+    logits_fn = _conv_logits_fn()
+    x, y = _batch(8)
+    xf = jnp.asarray(x, jnp.float32)
+    opts = dict(search_steps=2, max_iterations=40, initial_const=100.0)
+    sizes, real = [], A._cw_chunk
+
+    def spy(f, c, x0, *args, **kw):
+        sizes.append(x0.shape[0])
+        return real(f, c, x0, *args, **kw)
+
+    monkeypatch.setattr(A, "_cw_chunk", spy)
+    whole = np.asarray(cw_raw(logits_fn, xf, y, **opts))
+    assert sizes[0] == 8 and min(sizes) < 8, sizes
+    halves = np.concatenate([np.asarray(cw_raw(logits_fn, xf[:4], y[:4], **opts)),
+                             np.asarray(cw_raw(logits_fn, xf[4:], y[4:], **opts))])
+    np.testing.assert_allclose(whole, halves, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(np.round(whole), np.round(halves))
+    # the stop rule itself: an example whose objective rose at a checkpoint stops, others not
+    x0, y0, w0, st = A._cw_setup(xf, y, 100.0)
+    c = A._cw_round_init(st, w0, learning_rate=1e-2)
+    c = c._replace(i=jnp.int32(4), prev=jnp.where(jnp.arange(8) < 3, 0.0, jnp.inf))
+    step = A._cw_step(A.as_pytree(logits_fn), c, x0, y0, st.const, max_iterations=40,
+                      learning_rate=1e-2, confidence=0.0, quantize=True, abort_early=True)
+    assert np.asarray(step.stop).tolist() == [True] * 3 + [False] * 5
+    again = A._cw_step(A.as_pytree(logits_fn), step, x0, y0, st.const, max_iterations=40,
+                       learning_rate=1e-2, confidence=0.0, quantize=True, abort_early=True)
+    np.testing.assert_array_equal(np.asarray(again.w)[:3], np.asarray(step.w)[:3])
+    assert not np.array_equal(np.asarray(again.w)[3:], np.asarray(step.w)[3:])
+
+
 def test_bim_bounded_unroll_equals_while_loop():
     # adversarial training's BIM unrolls a static bound of steps under jit (masked past
     # each example's own count) instead of a while_loop: the same images

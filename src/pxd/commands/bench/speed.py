@@ -149,7 +149,7 @@ def eager_baseline(name: str, lf, x: np.ndarray, y: np.ndarray, *, eps: float, k
         x0, y0, w0, st = A._cw_setup(x0, y0, 10.0)
         for _ in range(opts.get("search_steps", 5)):
             c = A._cw_round_init(st, w0, learning_rate=1e-2)
-            while int(c.i) < cw_opts["max_iterations"] and not bool(c.stop):
+            while int(c.i) < cw_opts["max_iterations"] and not bool(jnp.all(c.stop)):
                 c = step["cw"](f, c, x0, y0, st.const, **cw_opts)
             st = A._cw_round_end(st, c)
         return np.asarray(A.finish(st.best_x, x0, e))
