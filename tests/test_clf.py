@@ -86,6 +86,27 @@ def test_resume_matches_uninterrupted(smoke_run, tmp_path):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
 
+@needs_cifar
+def test_init_from_warm_starts_from_a_trained_classifier(smoke_run, tmp_path):
+    # e.g. adversarial BIM training from the normally trained network (issue 14)
+    from pxd.engine.jobs import ClassifierJob
+
+    src, _ = smoke_run
+    cfg = clf_config("cifar10", "resnet", "label-smoothing", "smoke", steps=2, ckpt_every=100,
+                     init_from=src)
+    params, stats = ClassifierJob(cfg).init((32, 32, 3), key=jax.random.key(7))
+    want = load_classifier(src)[1]
+    for a, b in ((params, want["params"]), (stats, want["batch_stats"])):
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    out = str(tmp_path / "ls")
+    assert run_train_clf(cfg, out, data_dir=DATA_DIR)["step"] == 2
+    assert json.load(open(os.path.join(out, "config.json")))["init_from"] == src
+    vgg = clf_config("cifar10", "vgg", "normal", "smoke", steps=2, init_from=src)
+    with pytest.raises(PxdError, match="same --dataset, --arch and --preset"):
+        run_train_clf(vgg, str(tmp_path / "vgg"), data_dir=DATA_DIR)
+
+
 def test_label_smoothing_targets_exact():
     eps, k = 0.1, 10
     t = np.asarray(soft_targets(jnp.array([3, 0, 9]), k, eps))

@@ -235,6 +235,9 @@ def train_clf(
     steps: Steps = None,
     batch_size: TrainBatch = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    init_from: Annotated[str | None, typer.Option(
+        help="Start from this classifier run dir or shipped model (warm start, same arch "
+        "and preset).")] = None,
     data_dir: DataDir = None,
     seed: Seed = 0,
     devices: Devices = None,
@@ -249,7 +252,8 @@ def train_clf(
     from pxd.configs.datasets import check_dataset, training_steps
 
     check_dataset(dataset)
-    cfg = clf_config(dataset, arch, training, preset, batch_size=batch_size, seed=seed)
+    cfg = clf_config(dataset, arch, training, preset, batch_size=batch_size, seed=seed,
+                     init_from=init_from)
     cfg = replace(cfg, steps=training_steps(dataset, epochs, steps, cfg.batch_size))
     rep = _setup(devices, distributed, quiet, json_out, verbose)
     from pxd.commands.train import run_train_clf

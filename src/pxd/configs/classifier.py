@@ -79,6 +79,7 @@ class ClfConfig:
     adv_weight: float = 0.5  # weight of the adversarial half of the loss
     train_split: str = "train"
     test_split: str = "test"
+    init_from: str | None = None  # warm start: a classifier run dir or shipped name
 
 
 def _lists(tree: Any) -> Any:

@@ -38,7 +38,7 @@ from pxd.models.classifiers import build_classifier, init_variables, make_logits
 from pxd.models.pixelcnn import build_model, init_params
 from pxd.report.terminal import Reporter
 from pxd.storage import checkpoint, data
-from pxd.storage.runs import load_density, params_digest
+from pxd.storage.runs import load_classifier, load_density, params_digest
 
 
 def initial_params(cfg: DensityConfig, model, shape, *, key: jax.Array):
@@ -187,7 +187,24 @@ class ClassifierJob:
     def init(self, shape, *, key: jax.Array):
         self.model = build_classifier(self.cfg)
         variables = init_variables(self.model, shape, key=key)
+        if self.cfg.init_from is not None:
+            variables = self.warm_start(variables)
         return variables["params"], variables["batch_stats"]
+
+    def warm_start(self, fresh: dict) -> dict:
+        """The variables of `init_from` (a warm start, e.g. adversarial training from a
+        normally trained network), which must be the same architecture on the same data."""
+        cfg = self.cfg
+        _, src, src_cfg, _ = load_classifier(cfg.init_from)
+        if (src_cfg.dataset, src_cfg.arch, src_cfg.model) != (cfg.dataset, cfg.arch, cfg.model):
+            raise PxdError(
+                f"--init-from {cfg.init_from}: it is a {src_cfg.dataset} {src_cfg.arch} "
+                f"{src_cfg.preset}, this run is {cfg.dataset} {cfg.arch} {cfg.preset}; pick the "
+                "same --dataset, --arch and --preset")
+        shapes = jax.tree_util.tree_map(lambda a: (a.shape, str(a.dtype)), fresh)
+        if shapes != jax.tree_util.tree_map(lambda a: (np.shape(a), str(a.dtype)), src):
+            raise PxdError(f"--init-from {cfg.init_from}: variables do not fit this network")
+        return jax.tree_util.tree_map(jax.numpy.asarray, src)
 
     def prepare(self, params, model_state, train: dict, *, key: jax.Array,
                 rep: Reporter) -> None:
