@@ -75,6 +75,18 @@ def bench_purify(model, params, x: np.ndarray, *, eps: int, n_ref: int, batch: i
     }
 
 
+def _steps_per_s(step, state, batch, steps: int) -> float:
+    """Training steps per second on one batch, after a first (compiling) step; steps are
+    dispatched back to back as the trainer does, and the clock stops when the last is done."""
+    state, mt = step(state, batch, key=jax.random.key(1))
+    jax.block_until_ready(mt)
+    t = time.perf_counter()
+    for _ in range(steps):
+        state, mt = step(state, batch, key=jax.random.key(1))
+    jax.block_until_ready(mt)
+    return steps / (time.perf_counter() - t)
+
+
 def bench_train(model, x: np.ndarray, *, batch: int, steps: int) -> dict:
     from pxd.core.losses import make_density_loss_fn as make_loss_fn
     from pxd.core.training import init_state, make_optimizer, make_train_step
@@ -88,13 +100,7 @@ def bench_train(model, x: np.ndarray, *, batch: int, steps: int) -> dict:
         state = jax.device_put(init_state(params, {}, tx), devices.replicated(m))
         step = make_train_step(make_loss_fn(model), tx, 0.999)
         batch_x, _ = devices.shard_batch({"x": x[:batch]}, m)
-        state, mt = step(state, batch_x, key=jax.random.key(1))
-        jax.block_until_ready(mt)
-        t = time.perf_counter()
-        for _ in range(steps):
-            state, mt = step(state, batch_x, key=jax.random.key(1))
-        jax.block_until_ready(mt)
-        ips = batch * steps / (time.perf_counter() - t)
+        ips = batch * _steps_per_s(step, state, batch_x, steps)
         out[label] = {"devices": len(devs), "images_per_s": ips,
                       "epochs_per_hour": ips * 3600 / 50000}
     out["ratio_all_vs_1"] = out["all_devices"]["images_per_s"] / out["1_device"]["images_per_s"]
@@ -258,13 +264,7 @@ def bench_clf_training(x: np.ndarray, y: np.ndarray, *, steps: int) -> dict:
         step = make_train_step(make_clf_loss_fn(model, cfg), tx, 0.0)
         bs = min(cfg.batch_size, len(x))
         batch, _ = devices.shard_batch({"x": x[:bs], "y": y[:bs]}, m)
-        state, mt = step(state, batch, key=jax.random.key(1))
-        jax.block_until_ready(mt)
-        t = time.perf_counter()
-        for _ in range(steps):
-            state, mt = step(state, batch, key=jax.random.key(1))
-            jax.block_until_ready(mt)
-        ips = bs * steps / (time.perf_counter() - t)
+        ips = bs * _steps_per_s(step, state, batch, steps)
         out[training] = {"batch": bs, "images_per_s": ips, "seconds_per_epoch": 50000 / ips}
     return out
 
