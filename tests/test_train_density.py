@@ -1,6 +1,8 @@
 """Density training: it learns, checkpoints round-trip, resume equals an unbroken run,
 and a 2-device sharded step equals the 1-device step."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -176,6 +178,11 @@ def test_hours_budget_sets_steps_from_measured_speed(tmp_path, cifar):
     r = run_train_density(_cfg(schedule="cosine", warmup=0), out, hours=2e-4, data_dir=cifar)
     saved = checkpoint.read_json(out, "config.json")
     assert saved["steps"] == r["step"] >= 1  # 0.72 s of budget
+    short = str(tmp_path / "short")  # fewer steps than the warm-up: a clear error, no run dir
+    with pytest.raises(PxdError, match="warm-up"):
+        run_train_density(_cfg(schedule="cosine", warmup=10**6), short, hours=2e-4,
+                          data_dir=cifar)
+    assert not os.path.exists(short)
 
 
 def test_resume_bit_exact_with_ema_decay_dropout_and_epoch_boundary(tmp_path, cifar):

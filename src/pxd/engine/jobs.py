@@ -107,6 +107,11 @@ class DensityJob:
         steps, sec = budget_steps(self.hours, probe, init_state(params, {}, make_density_optimizer(
             cfg)), {"x": train["x"][: cfg.batch_size]}, key=key)
         rep.info(f"budget {self.hours:g} h at {sec:.3f} s/step on this machine: {steps} steps")
+        if cfg.schedule == "cosine" and steps <= cfg.warmup:
+            need = (cfg.warmup + 1) * sec / 3600
+            raise PxdError(f"--hours {self.hours:g} buys {steps} steps at {sec:.2f} s/step here, "
+                           f"not more than the warm-up's {cfg.warmup}; give at least "
+                           f"--hours {need:.2g}")
         self.cfg = config.replace(cfg, steps=steps)
 
     def optimizer(self):

@@ -122,8 +122,8 @@ def train(job, out: str, *, resume: bool = False, data_dir: str | None = None,
     params, model_state = job.init(shape, key=jax.random.fold_in(key, 0))
     job.prepare(params, model_state, train_data, key=key, rep=rep)
     cfg = job.cfg
+    tx = job.optimizer()  # before config.json: a bad schedule leaves no run dir behind
     files.write_config(out, cfg)
-    tx = job.optimizer()
     state = init_state(params, model_state, tx)
     if resume:
         _, state = checkpoint.restore_state(out, jax.device_get(state))
