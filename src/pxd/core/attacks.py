@@ -593,14 +593,11 @@ def cw_raw(
     logits_fn = as_pytree(logits_fn)
     x0, y, w0, s = _cw_setup(x_float, y, initial_const)
     on_host = not traced(logits_fn, x0, y)
-    # one step per call: a CW step (four network passes) dwarfs a dispatch, unrolled chunks
-    # measured no faster on CPU, and single steps give the eager loop's images bit for bit
-    size = 1
 
     def search_round(s: CWState, _):
         c = _cw_round_init(s, w0, learning_rate=learning_rate)
         if on_host:
-            c = _cw_host(logits_fn, c, x0, y, s.const, size=size, **opts)
+            c = _cw_host(logits_fn, c, x0, y, s.const, **opts)
         else:
             c = lax.while_loop(lambda c: _cw_running(c, max_iterations),
                                lambda c: _cw_step(logits_fn, c, x0, y, s.const, **opts), c)
@@ -733,10 +730,12 @@ def _cw_chunk(logits_fn, c: CWRound, x0, y, const, *, k: int, max_iterations: in
     return c
 
 
-def _cw_host(logits_fn, c: CWRound, x0, y, const, *, size: int, **opts) -> CWRound:
+def _cw_host(logits_fn, c: CWRound, x0, y, const, **opts) -> CWRound:
     """One search round driven from the host on the still-active examples: examples stop
     only at checkpoints, so each stretch up to the next checkpoint runs on the examples
-    still going, gathered into a batch of the next power of two (as DeepFool's loop)."""
+    still going, gathered into a batch of the next power of two (as DeepFool's loop).
+    One step per call: a CW step (four network passes) dwarfs a dispatch, unrolled chunks
+    measured no faster on CPU, and single steps give the eager loop's images bit for bit."""
     max_it = opts["max_iterations"]
     every = max(1, max_it // 10)
     n = x0.shape[0]
@@ -759,8 +758,8 @@ def _cw_host(logits_fn, c: CWRound, x0, y, const, *, size: int, **opts) -> CWRou
         sub = jax.tree_util.tree_unflatten(tree, [
             jax.device_put(a[take], shard[a.ndim]) if r else jnp.asarray(a)
             for a, r in zip(host, rows, strict=True)])
-        for k in _chunks(end - i, size):
-            sub = _cw_chunk(logits_fn, sub, xs, ys, cs, k=k, **opts)
+        for _ in range(end - i):
+            sub = _cw_chunk(logits_fn, sub, xs, ys, cs, k=1, **opts)
         # a repeated example computes the same values, so the repeats write the same
         for a, got, r in zip(host, jax.tree_util.tree_leaves(sub), rows, strict=True):
             if r:
