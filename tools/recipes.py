@@ -8,6 +8,8 @@ budget is converted to steps by a timing at the start of each run.
 
     python tools/recipes.py --minutes 30 --out runs/recipes            # all recipes
     python tools/recipes.py --minutes 30 --out runs/recipes --only wide,batch64
+    taskset -c 0 python tools/recipes.py ... --only cpu &   # one recipe per core, same OUT
+    taskset -c 1 python tools/recipes.py ... --only exponential
 
 writes OUT/recipes.json and OUT/recipes.md (a run re-reads both and skips finished recipes;
 a recipe interrupted mid-training continues with its saved step count).
@@ -91,9 +93,13 @@ def main() -> None:
                              command=f"python tools/recipes.py --minutes {a.minutes:g} "
                                      f"--out {a.out} --only {name}")
         print(f"  {name}: {r['step']} steps, test bits/dim {bpd:.4f}", flush=True)
-        with open(path + ".tmp", "w") as f:
+        # Re-read before writing: two processes (one per core, --only) may share OUT.
+        if os.path.exists(path):
+            results = {**json.load(open(path)), name: results[name]}
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
             json.dump(results, f, indent=2)
-        os.replace(path + ".tmp", path)
+        os.replace(tmp, path)
     with open(os.path.join(a.out, "recipes.md"), "w") as f:
         f.write(table(results, a.minutes, a.eval_n))
     print(table(results, a.minutes, a.eval_n))

@@ -464,6 +464,47 @@ def _bucket(count: int, n: int, ndev: int) -> int:
     return n if b >= n else b
 
 
+class _HostBatch:
+    """A batch's loop state held on the host, so that each call runs on the examples still
+    active only, gathered into a batch of the next power of two (DeepFool's and CW's host
+    loops). Per-example leaves are found by their leading dimension; the others (step
+    counts, Adam's count) are shared and taken from the last call. Sub-batches keep the
+    caller's sharding: rank-4 leaves go where x0 lives, rank-1 where y lives."""
+
+    def __init__(self, state, x0, y, *rest):
+        self.n = x0.shape[0]
+        ndev = len(x0.sharding.device_set)
+        self.ndev = ndev if self.n % ndev == 0 else 1
+        leaves, self.tree = jax.tree_util.tree_flatten(state)
+        self.host = [np.array(a) for a in leaves]  # updated in place by run()
+        self.rows = [_per_example(self.n, a) for a in leaves]
+        self.fixed = [(np.asarray(a), a.sharding) for a in (x0, y, *rest)]
+        self.shard = {4: x0.sharding, 1: y.sharding}
+
+    def view(self):
+        """The current state as numpy leaves."""
+        return jax.tree_util.tree_unflatten(self.tree, self.host)
+
+    def run(self, idx, fn) -> None:
+        """`fn(sub_state, x0, y, *rest)` on examples `idx`, written back."""
+        b = _bucket(idx.size, self.n, self.ndev)
+        take = np.arange(self.n) if b == self.n else np.resize(idx, b)  # pads with actives
+        xs = [jax.device_put(a[take], sh) for a, sh in self.fixed]
+        sub = jax.tree_util.tree_unflatten(self.tree, [
+            jax.device_put(a[take], self.shard[a.ndim]) if r else jnp.asarray(a)
+            for a, r in zip(self.host, self.rows, strict=True)])
+        sub = fn(sub, *xs)
+        # a repeated example computes the same values, so the repeats write the same
+        for a, got, r in zip(self.host, jax.tree_util.tree_leaves(sub), self.rows, strict=True):
+            if r:
+                a[take] = np.asarray(got)
+            else:
+                a[...] = np.asarray(got)
+
+    def result(self):
+        return jax.tree_util.tree_unflatten(self.tree, [jnp.asarray(a) for a in self.host])
+
+
 def _deepfool_host(logits_fn, s: DeepFoolState, x0, y, candidates, max_iter: int,
                    overshoot: float, quantize: bool) -> DeepFoolState:
     """DeepFool's iterations driven from the host, one (1 forward, K backward passes) per
@@ -474,29 +515,14 @@ def _deepfool_host(logits_fn, s: DeepFoolState, x0, y, candidates, max_iter: int
     on which others share its batch, up to float32 rounding where XLA blocks a matmul by
     batch size (bit-identical on the shipped ResNet-14; tested).
     """
-    n = x0.shape[0]
-    ndev = len(x0.sharding.device_set)
-    ndev = ndev if n % ndev == 0 else 1
-    r_tot, active = np.array(s.r_tot), np.array(s.active)  # updated in place below
-    step = s.step
-    # sub-batches keep the caller's sharding (sharded batches stay sharded)
-    fixed = [(np.asarray(a), a.sharding) for a in (x0, y, candidates)]
+    hb = _HostBatch(s, x0, y, candidates)
     for _ in range(max_iter):
-        idx = np.flatnonzero(active)
+        idx = np.flatnonzero(hb.view().active)
         if idx.size == 0:
             break
-        b = _bucket(idx.size, n, ndev)
-        take = np.arange(n) if b == n else np.resize(idx, b)  # pads by repeating actives
-        xs, ys, cs, rs, acts = (jax.device_put(a[take], sh) for (a, sh) in
-                                [*fixed, (r_tot, s.r_tot.sharding),
-                                 (active, s.active.sharding)])
-        sub = DeepFoolState(rs, acts, step)
-        sub = _deepfool_chunk(logits_fn, sub, xs, ys, cs, k=1, overshoot=overshoot,
-                              quantize=quantize)
-        # a repeated example computes the same values, so the repeats write the same
-        r_tot[take], active[take] = np.asarray(sub.r_tot), np.asarray(sub.active)
-        step = sub.step
-    return DeepFoolState(jnp.asarray(r_tot), jnp.asarray(active), step)
+        hb.run(idx, lambda sub, xs, ys, cs: _deepfool_chunk(
+            logits_fn, sub, xs, ys, cs, k=1, overshoot=overshoot, quantize=quantize))
+    return hb.result()
 
 
 def deepfool(
@@ -738,36 +764,22 @@ def _cw_host(logits_fn, c: CWRound, x0, y, const, **opts) -> CWRound:
     measured no faster on CPU, and single steps give the eager loop's images bit for bit."""
     max_it = opts["max_iterations"]
     every = max(1, max_it // 10)
-    n = x0.shape[0]
-    ndev = len(x0.sharding.device_set)
-    ndev = ndev if n % ndev == 0 else 1
-    leaves, tree = jax.tree_util.tree_flatten(c)
-    host = [np.array(a) for a in leaves]  # updated in place below
-    rows = [_per_example(n, a) for a in leaves]
-    shard = {4: x0.sharding, 1: y.sharding}
-    fixed = [(np.asarray(a), a.sharding) for a in (x0, y, const)]
+    hb = _HostBatch(c, x0, y, const)
     i = 0
     while i < max_it:
-        idx = np.flatnonzero(~jax.tree_util.tree_unflatten(tree, host).stop)
+        idx = np.flatnonzero(~hb.view().stop)
         if idx.size == 0:
             break
         end = min(max_it, i + 1 if i % every == 0 else (i // every + 1) * every + 1)
-        b = _bucket(idx.size, n, ndev)
-        take = np.arange(n) if b == n else np.resize(idx, b)  # pads by repeating actives
-        xs, ys, cs = (jax.device_put(a[take], sh) for a, sh in fixed)
-        sub = jax.tree_util.tree_unflatten(tree, [
-            jax.device_put(a[take], shard[a.ndim]) if r else jnp.asarray(a)
-            for a, r in zip(host, rows, strict=True)])
-        for _ in range(end - i):
-            sub = _cw_chunk(logits_fn, sub, xs, ys, cs, k=1, **opts)
-        # a repeated example computes the same values, so the repeats write the same
-        for a, got, r in zip(host, jax.tree_util.tree_leaves(sub), rows, strict=True):
-            if r:
-                a[take] = np.asarray(got)
-            else:
-                a[...] = np.asarray(got)
+
+        def stretch(sub, xs, ys, cs, k=end - i):
+            for _ in range(k):
+                sub = _cw_chunk(logits_fn, sub, xs, ys, cs, k=1, **opts)
+            return sub
+
+        hb.run(idx, stretch)
         i = end
-    return jax.tree_util.tree_unflatten(tree, [jnp.asarray(a) for a in host])
+    return hb.result()
 
 
 def cw(
