@@ -41,23 +41,31 @@ from pxd.storage import checkpoint, data
 from pxd.storage.runs import load_classifier, load_density, params_digest
 
 
+def adopt(source: str, fresh_shapes, src):
+    """`src` (the parameters of --init-from `source`) as device arrays, if its leaves have the
+    shapes and dtypes of `fresh_shapes` (a `jax.eval_shape` of the fresh initialiser)."""
+    def sig(a):
+        return (tuple(np.shape(a)), str(a.dtype))
+
+    want = jax.tree_util.tree_map(sig, fresh_shapes)
+    if want != jax.tree_util.tree_map(sig, src):
+        raise PxdError(f"--init-from {source}: parameters do not fit this architecture")
+    return jax.tree_util.tree_map(jax.numpy.asarray, src)
+
+
 def initial_params(cfg: DensityConfig, model, shape, *, key: jax.Array):
     """Fresh parameters, or those of `cfg.init_from` (a shipped model name or run dir),
     which must have the same architecture and dataset."""
-    params = init_params(model, shape, key=key)
     if cfg.init_from is None:
-        return params
+        return init_params(model, shape, key=key)
     _, src, src_cfg, _ = load_density(cfg.init_from)
     if src_cfg.dataset != cfg.dataset or dict(src_cfg.model) != dict(cfg.model):
         raise PxdError(
             f"--init-from {cfg.init_from}: it is a {src_cfg.dataset} PixelCNN with "
             f"{src_cfg.model}, this run is {cfg.dataset} with {cfg.model}; pick the same "
             "--dataset and --preset")
-    want = jax.tree_util.tree_map(lambda a: (a.shape, str(a.dtype)), params)
-    got = jax.tree_util.tree_map(lambda a: (a.shape, str(a.dtype)), src)
-    if want != got:
-        raise PxdError(f"--init-from {cfg.init_from}: parameters do not fit this architecture")
-    return jax.tree_util.tree_map(jax.numpy.asarray, src)
+    return adopt(cfg.init_from, jax.eval_shape(
+        lambda k: init_params(model, shape, key=k), key), src)
 
 
 def template_state(cfg: DensityConfig):
@@ -191,12 +199,11 @@ class ClassifierJob:
 
     def init(self, shape, *, key: jax.Array):
         self.model = build_classifier(self.cfg)
-        variables = init_variables(self.model, shape, key=key)
-        if self.cfg.init_from is not None:
-            variables = self.warm_start(variables)
+        variables = (self.warm_start(shape, key=key) if self.cfg.init_from is not None
+                     else init_variables(self.model, shape, key=key))
         return variables["params"], variables["batch_stats"]
 
-    def warm_start(self, fresh: dict) -> dict:
+    def warm_start(self, shape, *, key: jax.Array) -> dict:
         """The variables of `init_from` (a warm start, e.g. adversarial training from a
         normally trained network), which must be the same architecture on the same data."""
         cfg = self.cfg
@@ -206,10 +213,8 @@ class ClassifierJob:
                 f"--init-from {cfg.init_from}: it is a {src_cfg.dataset} {src_cfg.arch} "
                 f"{src_cfg.preset}, this run is {cfg.dataset} {cfg.arch} {cfg.preset}; pick the "
                 "same --dataset, --arch and --preset")
-        shapes = jax.tree_util.tree_map(lambda a: (a.shape, str(a.dtype)), fresh)
-        if shapes != jax.tree_util.tree_map(lambda a: (np.shape(a), str(a.dtype)), src):
-            raise PxdError(f"--init-from {cfg.init_from}: variables do not fit this network")
-        return jax.tree_util.tree_map(jax.numpy.asarray, src)
+        return adopt(cfg.init_from, jax.eval_shape(
+            lambda k: init_variables(self.model, shape, key=k), key), src)
 
     def prepare(self, params, model_state, train: dict, *, key: jax.Array,
                 rep: Reporter) -> None:
