@@ -33,11 +33,12 @@ demo: $(STAMP)
 	  --out demo-out
 
 # Two pytest workers (pytest-xdist): compiling and waiting on subprocesses leave a core idle
-# in one process. Whole files per worker, the slowest file first (tests/conftest.py).
+# in one process. Whole files per worker, slowest first in tests/conftest.py's order (xdist
+# would reorder them by test count).
 # `make test TEST_WORKERS=0` runs serially.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
