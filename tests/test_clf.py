@@ -257,3 +257,6 @@ def test_cli_bad_arguments_exit_2_without_output(smoke_run, tmp_path):
         assert not out.exists()
     r = _pxd("train-clf", "--out", run, "--preset", "smoke")
     assert r.returncode == 2 and "--resume" in r.stderr
+    r = _pxd("train-clf", "--out", str(tmp_path / "lr0"), "--preset", "smoke", "--lr", "0")
+    assert r.returncode == 2 and "--lr must be positive" in r.stderr
+    assert not (tmp_path / "lr0").exists()

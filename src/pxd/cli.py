@@ -234,6 +234,8 @@ def train_clf(
     epochs: Epochs = None,
     steps: Steps = None,
     batch_size: TrainBatch = None,
+    lr: Annotated[float | None, typer.Option(
+        help="Peak learning rate (e.g. lower for a warm start).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     init_from: Annotated[str | None, typer.Option(
         help="Start from this classifier run dir or shipped model (warm start, same arch "
@@ -252,8 +254,10 @@ def train_clf(
     from pxd.configs.datasets import check_dataset, training_steps
 
     check_dataset(dataset)
+    if lr is not None and not lr > 0:
+        raise PxdError(f"--lr must be positive, got {lr:g}")
     cfg = clf_config(dataset, arch, training, preset, batch_size=batch_size, seed=seed,
-                     init_from=init_from)
+                     lr=lr, init_from=init_from)
     cfg = replace(cfg, steps=training_steps(dataset, epochs, steps, cfg.batch_size))
     rep = _setup(devices, distributed, quiet, json_out, verbose)
     from pxd.commands.train import run_train_clf
