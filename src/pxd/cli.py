@@ -52,6 +52,12 @@ _RESUME_HINT = {"purify": "rerun with --resume to continue",
                 "bench": "rerun the same command: finished work is cached"}
 
 
+def _check_lr(lr: float | None) -> None:
+    """Both trainers' --lr: positive (NaN too is refused)."""
+    if lr is not None and not lr > 0:
+        raise PxdError(f"--lr must be positive, got {lr:g}")
+
+
 def _setup(devices: int | None, distributed: bool = False, quiet: bool = False,
            json_mode: bool = False, verbose: bool = False):
     from pxd.engine import devices as dev
@@ -207,8 +213,7 @@ def train_density(
     check_dataset(dataset)
     if hours is not None and (epochs is not None or steps is not None):
         raise PxdError("give one budget: --epochs, --steps or --hours")
-    if lr is not None and not lr > 0:
-        raise PxdError(f"--lr must be positive, got {lr:g}")
+    _check_lr(lr)
     cfg = density_config(dataset, preset, batch_size=batch_size, seed=seed, lr=lr,
                          schedule=schedule, init_from=init_from)
     steps = training_steps(dataset, epochs, steps, cfg.batch_size)
@@ -254,8 +259,7 @@ def train_clf(
     from pxd.configs.datasets import check_dataset, training_steps
 
     check_dataset(dataset)
-    if lr is not None and not lr > 0:
-        raise PxdError(f"--lr must be positive, got {lr:g}")
+    _check_lr(lr)
     cfg = clf_config(dataset, arch, training, preset, batch_size=batch_size, seed=seed,
                      lr=lr, init_from=init_from)
     cfg = replace(cfg, steps=training_steps(dataset, epochs, steps, cfg.batch_size))
