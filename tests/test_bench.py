@@ -309,7 +309,8 @@ def test_speed_bench_runs_and_writes_its_json(models, tmp_path):
     path = str(tmp_path / "speed.json")
     res = bench.run_speed(path, density=models["density"], batch_size=2,
                           data_dir=models["data_dir"], n_fast=2, n_ref=1, train_steps=1,
-                          attacks_too=False)
+                          attacks_too=False, paper_images=1, paper_positions=3,
+                          paper_over=dict(nr_filters=4, nr_resnet=1))
     saved = json.load(open(path))
     assert saved["purify"] == json.loads(json.dumps(res["purify"]))
     p = saved["purify"]
@@ -317,6 +318,14 @@ def test_speed_bench_runs_and_writes_its_json(models, tmp_path):
     assert p["identical_on_reference_images"] + len(p["near_tie_gaps_of_differing_images"]) \
         == p["reference_images"] == 1
     assert saved["train"]["1_device"]["images_per_s"] > 0 and "machine" in saved
+    # the U-Net part: cached against Jacobi (forwards counted) and a reference prefix
+    q = saved["purify_paper"]
+    assert q["cached_batch"] == 1 and q["cached_images_per_s"] > 0
+    assert q["reference_prefix_same_as_cached"] and q["reference_positions_timed"] == 3
+    assert [r["kind"] for r in q["jacobi"]][:2] == ["clean", "clean"]
+    for r in q["jacobi"]:
+        assert r["forwards"] >= 1
+        assert r["same_as_cached"] or max(r["near_tie_gaps"]) < 1e-4
 
 
 def test_config_saved_beside_the_outputs(grid):

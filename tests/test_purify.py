@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from pxd.configs.pixelcnn import PIXELCNN_PRESETS
-from pxd.core.purify import feature_squeeze, first_difference_gaps, make_purifier
+from pxd.core.purify import (
+    auto_method,
+    feature_squeeze,
+    first_difference_gaps,
+    make_purifier,
+    purify_unet,
+)
 from pxd.models.pixelcnn import build_model, init_params
 
 NEAR_TIE = 1e-4
@@ -68,6 +74,29 @@ def test_cpu_preset_fast_path_equals_reference():
     for method in ("pixels", "rows"):
         out = np.asarray(make_purifier(model, method, max_eps=8)(params, x, e))
         _assert_same(model, params, x, ref, out, 8)
+
+
+@pytest.mark.parametrize("preset,over,shape,eps", [
+    ("smoke", dict(downsample=True, nr_stages=3), (12, 8, 1), 255),
+    # the paper's architecture (3 stages, 5 blocks each, dropout) at width 8
+    ("paper", dict(nr_filters=8), (8, 8, 3), 8),
+])
+def test_unet_cached_path_equals_reference(preset, over, shape, eps):
+    model, params = _setup(shape, preset=preset, seed=3, **over)
+    assert auto_method(model) == "unet"
+    x = np.random.RandomState(eps).randint(0, 256, (2,) + shape).astype(np.uint8)
+    e = jnp.full((2,), eps, jnp.int32)
+    ref = np.asarray(make_purifier(model, "reference")(params, x, e))
+    out = np.asarray(make_purifier(model, "auto", max_eps=eps)(params, x, e))
+    _assert_same(model, params, x, ref, out, eps)
+    assert not np.array_equal(ref, x)
+
+
+def test_unet_cached_path_refuses_sizes_its_strides_cannot_split():
+    model, params = _setup((8, 8, 3), downsample=True, nr_stages=3)
+    assert auto_method(_setup((8, 8, 3))[0]) == "pixels"
+    with pytest.raises(ValueError, match="multiples of 4"):
+        purify_unet(model, params, np.zeros((1, 6, 8, 3), np.uint8), 2, max_eps=2)
 
 
 def test_per_image_eps_and_adaptive_zero():

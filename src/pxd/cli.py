@@ -342,6 +342,9 @@ def bench(
     speed: Annotated[bool, typer.Option(
         "--speed", help="Throughput benchmark instead (make bench); --out FILE.json.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
+    paper_images: Annotated[int, typer.Option(
+        min=0, help="With --speed: batch for the paper preset's cached purify (0: skip; "
+                    "64-256 on a GPU).")] = 2,
     data_dir: DataDir = None,
     seed: Seed = 0,
     devices: Devices = None,
@@ -357,7 +360,8 @@ def bench(
     rep = _setup(devices, distributed, quiet, json_out, verbose)
     if speed:
         bench_cmd.run_speed(_config("SpeedConfig", out=out, density=density,
-                                    batch_size=batch_size, data_dir=data_dir), rep=rep)
+                                    batch_size=batch_size, data_dir=data_dir,
+                                    paper_images=paper_images), rep=rep)
         return
     bench_cmd.run_bench(_config(
         "BenchConfig", attacks=attack, eps_attack=eps_attack, clfs=clf, density=density,

@@ -50,6 +50,10 @@ def down_shift(x):
     return jnp.pad(x, ((0, 0), (1, 0), (0, 0), (0, 0)))[:, :-1]
 
 
+def _next(ctx):
+    return None if ctx is None else next(ctx)
+
+
 def right_shift(x):
     """Column j takes column j-1 (column 0 zeros). (B, H, W, C)."""
     return jnp.pad(x, ((0, 0), (0, 0), (1, 0), (0, 0)))[:, :, :-1]
@@ -99,20 +103,25 @@ class CausalConv(nn.Module):
 
 
 class StridedCausalConv(nn.Module):
-    """Stride-2 down-sampling that keeps causality (full images only)."""
+    """Stride-2 down-sampling that keeps causality: output (i, j) reads input rows 2i-1, 2i.
+
+    `ctx` is the input's row above x (zeros when None): with x one row it gives one output
+    row, which is how the cached purifier runs it. `patch`: x and ctx are already the
+    window's columns (2j-1..2j+1 for "down", 2j-1..2j for "downright"), one output.
+    """
 
     features: int
     mode: str
 
     @nn.compact
-    def __call__(self, x):
-        if self.mode == "down":
-            x = jnp.pad(x, ((0, 0), (1, 0), (1, 1), (0, 0)))
-            k = (2, 3)
-        else:
-            x = jnp.pad(x, ((0, 0), (1, 0), (1, 0), (0, 0)))
-            k = (2, 2)
-        return nn.Conv(self.features, k, strides=(2, 2), padding="VALID")(x)
+    def __call__(self, x, ctx=None, *, patch: bool = False):
+        top = jnp.zeros_like(x[:, :1]) if ctx is None else ctx
+        xin = jnp.concatenate([top, x], axis=1)
+        k = (2, 3) if self.mode == "down" else (2, 2)
+        if not patch:
+            pad = (1, 1) if self.mode == "down" else (1, 0)
+            xin = jnp.pad(xin, ((0, 0), (0, 0), pad, (0, 0)))
+        return nn.Conv(self.features, k, strides=(2, 2), padding="VALID")(xin)
 
 
 class CausalDeconv(nn.Module):
@@ -140,14 +149,14 @@ class GatedResnet(nn.Module):
     def __call__(self, x, a=None, *, ctx: Iterator | None, saves: list, train: bool):
         h = concat_elu(x)
         saves.append(h[:, -1:])
-        c = CausalConv(self.features, self.mode)(h, None if ctx is None else next(ctx))
+        c = CausalConv(self.features, self.mode)(h, _next(ctx))
         if a is not None:
             c = c + nn.Dense(self.features)(concat_elu(a))
         c = concat_elu(c)
         if self.dropout > 0:
             c = nn.Dropout(self.dropout, deterministic=not train)(c)
         saves.append(c[:, -1:])
-        c = CausalConv(2 * self.features, self.mode)(c, None if ctx is None else next(ctx))
+        c = CausalConv(2 * self.features, self.mode)(c, _next(ctx))
         val, gate = jnp.split(c, 2, axis=-1)
         return x + val * nn.sigmoid(gate)
 
@@ -171,66 +180,91 @@ class PixelCNN(nn.Module):
         xf = x.astype(jnp.float32) * (2.0 / 255.0) - 1.0
         return jnp.concatenate([xf, jnp.ones_like(xf[..., :1])], axis=-1)
 
-    # --- streams --------------------------------------------------------------
-    def _u_stream(self, xs, ctx, saves, train):
-        """xs: prepared image shifted down one row. Returns the u value each ul block reads."""
-        f = self.nr_filters
+    # --- streams, built from stage segments ------------------------------------
+    # Each stream is: its input convolution, then per stage (finest first) an optional
+    # stride-2 down-sampling and nr_resnet "up" blocks, then per stage (coarsest first) an
+    # optional stride-2 up-sampling and nr_resnet "dn" blocks. The full, strip and pixel
+    # paths and the U-Net's cached purifier all run these same segments.
+    def _blocks(self, stream, phase, s, x, extras, ctx, saves, train):
+        """The gated blocks of one stage; extras[b] is block b's second input (or None).
+        Returns every block's output."""
+        mode = "down" if stream == "u" else "downright"
+        outs = []
+        for b in range(self.nr_resnet):
+            x = GatedResnet(self.nr_filters, mode, self.dropout, name=f"{stream}_{phase}_{s}_{b}")(
+                x, extras[b], ctx=ctx, saves=saves, train=train
+            )
+            outs.append(x)
+        return outs
+
+    def _down(self, stream, s, x, ctx=None, patch=False):
+        """Stage s -> s+1 down-sampling."""
+        mode = "down" if stream == "u" else "downright"
+        return StridedCausalConv(self.nr_filters, mode, name=f"{stream}_down_{s}")(
+            x, ctx, patch=patch
+        )
+
+    def _up(self, stream, s, x):
+        """Stage s -> s-1 up-sampling."""
+        mode = "down" if stream == "u" else "downright"
+        return CausalDeconv(self.nr_filters, mode, name=f"{stream}_up_{s}")(x)
+
+    def _u_in(self, xs, ctx, saves):
         saves.append(xs[:, -1:])
-        u = CausalConv(f, "down", name="u_in")(xs, None if ctx is None else next(ctx))
-        skips, reads = [], []
+        return CausalConv(self.nr_filters, "down", name="u_in")(xs, _next(ctx))
+
+    def _u_stream(self, xs, ctx, saves, train):
+        """xs: prepared image shifted down one row. Returns the u value each ul block reads:
+        the up blocks' outputs (stage 0 first), then the dn blocks' (coarsest stage first)."""
+        nr, resample = self.nr_resnet, self.downsample
+        u = self._u_in(xs, ctx, saves)
+        ups, dns = [], []
         for s in range(self.nr_stages):
-            for b in range(self.nr_resnet):
-                u = GatedResnet(f, "down", self.dropout, name=f"u_up_{s}_{b}")(
-                    u, ctx=ctx, saves=saves, train=train
-                )
-                skips.append(u)
-                reads.append(u)
-            if self.downsample and s < self.nr_stages - 1:
-                u = StridedCausalConv(f, "down", name=f"u_down_{s}")(u)
+            if s > 0 and resample:
+                u = self._down("u", s - 1, u)
+            ups.append(self._blocks("u", "up", s, u, [None] * nr, ctx, saves, train))
+            u = ups[-1][-1]
         for s in reversed(range(self.nr_stages)):
-            for b in range(self.nr_resnet):
-                u = GatedResnet(f, "down", self.dropout, name=f"u_dn_{s}_{b}")(
-                    u, skips.pop(), ctx=ctx, saves=saves, train=train
-                )
-                reads.append(u)
-            if self.downsample and s > 0:
-                u = CausalDeconv(f, "down", name=f"u_up_{s}")(u)
-        return reads
+            if s < self.nr_stages - 1 and resample:
+                u = self._up("u", s + 1, u)
+            dns.append(self._blocks("u", "dn", s, u, ups[s][::-1], ctx, saves, train))
+            u = dns[-1][-1]
+        return [r for blk in ups + dns for r in blk]
 
     def _ul_in_v(self, xs, ctx):
         return CausalConv(self.nr_filters, "down", name="ul_in_v")(xs, ctx)
 
-    def _ul_stream(self, xs, xr, reads, ctx, saves, train, ul_v=None):
-        """ul stream. In pixel mode (ctx yields (row, left, j) tuples) `ul_v`, the part
-        that reads only the rows above, is given precomputed for the pixel."""
-        f = self.nr_filters
+    def _ul_in(self, xs, xr, ctx, saves, ul_v=None):
+        """The ul stream's input. In pixel mode `ul_v`, the part that reads only the rows
+        above, is given precomputed for the pixel."""
         if ul_v is None:
             saves.append(xs[:, -1:])
-            ul_v = self._ul_in_v(xs, None if ctx is None else next(ctx))
-        ul = ul_v
+            ul_v = self._ul_in_v(xs, _next(ctx))
         saves.append(xr[:, -1:])
-        ul = ul + CausalConv(f, "downright", name="ul_in_h")(
-            xr, None if ctx is None else next(ctx)
-        )
-        reads = iter(reads)
-        skips = []
-        for s in range(self.nr_stages):
-            for b in range(self.nr_resnet):
-                ul = GatedResnet(f, "downright", self.dropout, name=f"ul_up_{s}_{b}")(
-                    ul, next(reads), ctx=ctx, saves=saves, train=train
-                )
-                skips.append(ul)
-            if self.downsample and s < self.nr_stages - 1:
-                ul = StridedCausalConv(f, "downright", name=f"ul_down_{s}")(ul)
-        for s in reversed(range(self.nr_stages)):
-            for b in range(self.nr_resnet):
-                u = next(reads)
-                ul = GatedResnet(f, "downright", self.dropout, name=f"ul_dn_{s}_{b}")(
-                    ul, jnp.concatenate([u, skips.pop()], -1), ctx=ctx, saves=saves,
-                    train=train,
-                )
-            if self.downsample and s > 0:
-                ul = CausalDeconv(f, "downright", name=f"ul_up_{s}")(ul)
+        return ul_v + CausalConv(self.nr_filters, "downright", name="ul_in_h")(xr, _next(ctx))
+
+    @staticmethod
+    def _dn_extras(u_reads, skips):
+        """A dn stage's second inputs: the u stream's dn read beside the mirrored up skip."""
+        return [jnp.concatenate([u, k], -1) for u, k in zip(u_reads, skips[::-1], strict=True)]
+
+    def _ul_stream(self, xs, xr, reads, ctx, saves, train, ul_v=None):
+        """ul stream (pixel mode when ctx yields (row, left, j) tuples)."""
+        nr, stages, resample = self.nr_resnet, self.nr_stages, self.downsample
+        ul = self._ul_in(xs, xr, ctx, saves, ul_v)
+        ups = []
+        for s in range(stages):
+            if s > 0 and resample:
+                ul = self._down("ul", s - 1, ul)
+            ups.append(self._blocks("ul", "up", s, ul, reads[s * nr : (s + 1) * nr], ctx, saves,
+                                    train))
+            ul = ups[-1][-1]
+        for k, s in enumerate(reversed(range(stages))):
+            if s < stages - 1 and resample:
+                ul = self._up("ul", s + 1, ul)
+            u_dn = reads[(stages + k) * nr : (stages + k + 1) * nr]
+            ul = self._blocks("ul", "dn", s, ul, self._dn_extras(u_dn, ups[s]), ctx, saves,
+                              train)[-1]
         return nn.elu(ul)
 
     # --- public methods -------------------------------------------------------
@@ -257,6 +291,25 @@ class PixelCNN(nn.Module):
         """ul stream for one pixel (i, j) with cached rows above and the left neighbours'
         inputs; returns (features (B,1,1,F), this pixel's conv inputs in call order)."""
         return self._run("pixel_ul", xr_pix, ul_v_pix, reads_pix, ctx_rows, lefts, j)
+
+    # The U-Net's cached purifier runs the stream segments one stage at a time: rows for
+    # the u stream, single positions for the ul stream (ctx items are then (row above,
+    # left neighbour's input, column) tuples). Each returns its convolutions' inputs.
+    def segment(self, stream, phase, s, x, extras, ctx):
+        """Blocks of stage s of a stream ("u"/"ul", "up"/"dn"): (block outputs, saves)."""
+        return self._run("segment", stream, phase, s, x, extras, ctx)
+
+    def u_in_row(self, xs_row, ctx):
+        """The u stream's input convolution on one row given the row above's input."""
+        return self._run("u_in_row", xs_row, ctx)
+
+    def ul_in_pixel(self, xr_pix, ul_v_pix, ctx):
+        """The ul stream's input at one pixel: (value, saves)."""
+        return self._run("ul_in_pixel", xr_pix, ul_v_pix, ctx)
+
+    def resample(self, stream, direction, s, x, ctx=None, patch=False):
+        """Stage s's down-sampling (direction "down") or up-sampling ("up") alone."""
+        return self._run("resample", stream, direction, s, x, ctx, patch)
 
     def logits(self, h, x):
         """256-way normalised log-probabilities (B, H, W, C, 256) given features and values.
@@ -312,6 +365,22 @@ class PixelCNN(nn.Module):
         ctx = iter([(r, l, j) for r, l in zip(ctx_rows, lefts, strict=True)])
         h = self._ul_stream(None, xr_pix, reads_pix, ctx, saves, False, ul_v=ul_v_pix)
         return h, saves
+
+    def _op_segment(self, stream, phase, s, x, extras, ctx, *, train):
+        saves = []
+        return self._blocks(stream, phase, s, x, extras, iter(ctx), saves, False), saves
+
+    def _op_u_in_row(self, xs_row, ctx, *, train):
+        return self._u_in(xs_row, iter([ctx]), [])
+
+    def _op_ul_in_pixel(self, xr_pix, ul_v_pix, ctx, *, train):
+        saves = []
+        return self._ul_in(None, xr_pix, iter([ctx]), saves, ul_v=ul_v_pix), saves
+
+    def _op_resample(self, stream, direction, s, x, ctx, patch, *, train):
+        if direction == "down":
+            return self._down(stream, s, x, ctx, patch)
+        return self._up(stream, s, x)
 
     def _op_logits(self, h, x, *, train):
         if self.head == "mixture":

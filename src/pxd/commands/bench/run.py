@@ -478,8 +478,10 @@ def run_speed(cfg: SpeedConfig | str, *, rep: Reporter | None = None, **sizes) -
     out = cfg.out
     path = out if out.endswith(".json") else os.path.join(out, "speed.json")
     imageio.check_writable(path, "--out")
+    if cfg.paper_images < 0:
+        raise PxdError("--paper-images must be 0 (skip) or positive")
     res = run_bench_speed(density=cfg.density, batch=cfg.batch_size, data_dir=cfg.data_dir,
-                          rep=rep, **sizes)
+                          paper_images=cfg.paper_images, rep=rep, **sizes)
     files.write_json(path, res)
     (rep or Reporter(quiet=True)).done(f"speed results written to {path}")
     return res

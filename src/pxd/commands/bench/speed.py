@@ -75,6 +75,87 @@ def bench_purify(model, params, x: np.ndarray, *, eps: int, n_ref: int, batch: i
     }
 
 
+def _compiled(fn, *args):
+    """Ahead-of-time compiled `fn` for these argument shapes, and the compile seconds."""
+    t = time.perf_counter()
+    c = jax.jit(fn).lower(*args).compile()
+    return c, time.perf_counter() - t
+
+
+def bench_unet_purify(x: np.ndarray, x_adv: np.ndarray | None, *, n_batch: int, eps: int,
+                      positions: int, model_over: dict | None = None, rep: Reporter) -> dict:
+    """The U-Net (`paper` preset, untrained: no paper-size model ships) on one device:
+    the cached path at a batch of `n_batch` images against Jacobi (whole-image fixed-point
+    iteration, one image at a time, with its forwards counted on clean and attacked
+    images) and the literal reference, timed on its first `positions` sub-pixels and
+    scaled to the image; plus two plain forwards as the compute floor. Outputs compared."""
+    import jax.numpy as jnp
+
+    from pxd.configs.pixelcnn import density_config
+    from pxd.core.purify import (
+        first_difference_gaps,
+        purify_jacobi,
+        purify_reference,
+        purify_unet,
+    )
+    from pxd.models.pixelcnn import PixelCNN, build_model, init_params
+
+    model = build_model(dict(density_config("cifar10", "paper").model, **(model_over or {})),
+                        x.shape[-1])
+    params = init_params(model, x.shape[1:], key=jax.random.key(0))
+    sub = int(np.prod(x.shape[1:]))
+    xb = np.resize(x, (n_batch,) + x.shape[1:])  # the first images, repeated to the batch
+    eb = jnp.full((n_batch,), eps, jnp.int32)
+    e1 = jnp.full((1,), eps, jnp.int32)
+    rep.info(f"paper preset: cached purify of {n_batch} images (compiling)...")
+    cached, t_c = _compiled(lambda p, a, e: purify_unet(model, p, a, e, max_eps=eps),
+                            params, xb, eb)
+    out_b, t_cached = _timed(cached, params, xb, eb)
+    out_b = np.asarray(out_b)
+    feat, _ = _compiled(lambda p, a: model.apply({"params": p}, a, method=PixelCNN.features),
+                        params, xb)
+    _, t_fwd = _timed(feat, params, xb)
+    jac, t_jc = _compiled(lambda p, a, e: purify_jacobi(model, p, a, e, max_eps=eps,
+                                                        return_iters=True),
+                          params, x[:1], e1)
+    cached1, _ = _compiled(lambda p, a, e: purify_unet(model, p, a, e, max_eps=eps),
+                           params, x[:1], e1)
+    jacobi = []
+    sets = [("clean", x)] + ([("attacked", x_adv)] if x_adv is not None else [])
+    for kind, xs in sets:
+        for i in range(len(xs)):
+            rep.info(f"paper preset: Jacobi purify, {kind} image {i}...")
+            (o, iters), dt = _timed(jac, params, xs[i : i + 1], e1)
+            mine = np.asarray(cached1(params, xs[i : i + 1], e1))
+            o = np.asarray(o)
+            gaps = first_difference_gaps(model, params, xs[i : i + 1], o, mine, eps)
+            jacobi.append(dict(kind=kind, forwards=int(iters), seconds=dt,
+                               same_as_cached=bool(np.array_equal(o, mine)),
+                               near_tie_gaps=gaps))
+    rep.info(f"paper preset: literal reference on the first {positions} sub-pixels...")
+    ref, _ = _compiled(lambda p, a, e: purify_reference(model, p, a, e, positions=positions),
+                       params, x[:1], e1)
+    ref_out, t_ref = _timed(ref, params, x[:1], e1)
+    flat = np.asarray(ref_out).reshape(-1)[:positions]
+    cached_ips = n_batch / t_cached
+    ref_ips = 1.0 / (t_ref * sub / positions)
+    jac_ips = len(jacobi) / sum(r["seconds"] for r in jacobi)
+    return {
+        "model": f"untrained paper preset{' ' + str(model_over) if model_over else ''}",
+        "parameters": int(sum(a.size for a in jax.tree_util.tree_leaves(params))),
+        "eps": eps, "device": str(jax.devices()[0]),
+        "cached_batch": n_batch, "cached_images_per_s": cached_ips,
+        "cached_compile_s": t_c,
+        "floor_images_per_s_two_forwards": n_batch / (2 * t_fwd),
+        "fraction_of_floor": cached_ips * 2 * t_fwd / n_batch,
+        "jacobi": jacobi, "jacobi_images_per_s": jac_ips, "jacobi_compile_s": t_jc,
+        "reference_positions_timed": positions, "reference_images_per_s_scaled": ref_ips,
+        "reference_prefix_same_as_cached": bool(np.array_equal(
+            flat, out_b[0].reshape(-1)[:positions])),
+        "cached_vs_jacobi": cached_ips / jac_ips, "cached_vs_reference": cached_ips / ref_ips,
+    }
+
+
 def _steps_per_s(step, state, batch, steps: int) -> float:
     """Training steps per second on one batch, after a first (compiling) step; steps are
     dispatched back to back as the trainer does, and the clock stops when the last is done."""
@@ -269,9 +350,33 @@ def bench_clf_training(x: np.ndarray, y: np.ndarray, *, steps: int) -> dict:
     return out
 
 
+def _paper_part(x, n_images, positions, over, eps, data_dir, rep) -> dict:
+    """bench_unet_purify on the first two test images and their FGSM (eps 8) versions
+    against the default classifier when one ships."""
+    from pxd.errors import PxdError
+
+    xs = x[:2]
+    x_adv = None
+    try:
+        from pxd.engine.batched import craft
+        from pxd.models.classifiers import make_logits_fn
+        from pxd.storage import shipped as zoo
+        from pxd.storage.runs import load_classifier
+
+        cm, cv, _, _ = load_classifier(zoo.default_path("classifier", (32, 32, 3)))
+        lf = make_logits_fn(cm, cv["params"], cv.get("batch_stats", {}))
+        _, ys = data.load("cifar10:test[:2]", data_dir)
+        x_adv = craft("fgsm", lf, xs, ys, eps=8.0, key=jax.random.key(0), batch_size=2)
+    except PxdError as e:
+        rep.info(f"paper preset: no attacked images ({e})")
+    return bench_unet_purify(xs, x_adv, n_batch=n_images, eps=eps, positions=positions,
+                             model_over=over, rep=rep)
+
+
 def run_bench_speed(*, density: str | None, preset: str = "cpu", n_fast: int = 64,
                     n_ref: int = 2, eps: int = 16, batch: int = 32, train_steps: int = 10,
-                    attacks_too: bool = True, n_attack: int = 100,
+                    attacks_too: bool = True, n_attack: int = 100, paper_images: int = 2,
+                    paper_positions: int = 12, paper_over: dict | None = None,
                     data_dir: str | None = None, rep: Reporter | None = None) -> dict:
     from pxd.configs.pixelcnn import density_config
     from pxd.errors import PxdError
@@ -299,6 +404,9 @@ def run_bench_speed(*, density: str | None, preset: str = "cpu", n_fast: int = 6
     rep.info(f"purification speed: {label}")
     res["purify"] = bench_purify(model, params, x[:n_fast], eps=eps, n_ref=n_ref, batch=batch,
                                  rep=rep)
+    if paper_images > 0:
+        res["purify_paper"] = _paper_part(x, paper_images, paper_positions, paper_over, eps,
+                                          data_dir, rep)
     rep.info("training speed: 1 device vs all devices")
     res["train"] = bench_train(model, x, batch=batch, steps=train_steps)
     if attacks_too:
@@ -339,6 +447,15 @@ def run_bench_speed(*, density: str | None, preset: str = "cpu", n_fast: int = 6
         ["train img/s, all devices", t["all_devices"]["images_per_s"]],
         ["train epochs/hour (all)", t["all_devices"]["epochs_per_hour"]],
     ])
+    if "purify_paper" in res:
+        q = res["purify_paper"]
+        fw = ", ".join(f"{r['kind']} {r['forwards']}" for r in q["jacobi"])
+        rep.text(f"paper preset ({q['parameters'] / 1e6:.1f}M params, untrained): cached "
+                 f"{q['cached_images_per_s']:.3g} img/s at batch {q['cached_batch']}, Jacobi "
+                 f"{q['jacobi_images_per_s']:.3g} ({q['cached_vs_jacobi']:.1f}x; forwards: {fw}), "
+                 f"reference {q['reference_images_per_s_scaled']:.2g} scaled from "
+                 f"{q['reference_positions_timed']} sub-pixels ({q['cached_vs_reference']:.0f}x); "
+                 f"{q['fraction_of_floor']:.2f} of the two-forward floor")
     for name, r in res.get("attacks", {}).items():
         rep.text(f"attack {name} eps 8: pxd {r['pxd_images_per_s']:.1f} img/s, eager baseline "
                  f"{r['baseline_images_per_s']:.1f} ({r['ratio']:.2f}x; same images: "
