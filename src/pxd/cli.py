@@ -66,6 +66,8 @@ def _setup(devices: int | None, distributed: bool = False, quiet: bool = False,
     if verbose:
         quiet_third_party(False)
     dev.setup(devices, distributed)
+    if distributed and dev.processes()[0] != 0:  # process 0 reports for all
+        return Reporter(silent=True)
     return Reporter(quiet=quiet, json_mode=json_mode)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from pxd.commands.common import load_input
 from pxd.configs.base import check_eps, config_from, to_json
 from pxd.configs.commands import PurifyConfig
+from pxd.engine import devices
 from pxd.errors import PxdError
 from pxd.report.terminal import Reporter
 from pxd.storage import files, imageio
@@ -36,6 +37,16 @@ def purify_array(density, x: np.ndarray, eps: np.ndarray, *, batch_size: int = 3
     from pxd import api
 
     return api.purify(x, eps, density=density, batch_size=batch_size, on_batch=on_batch)
+
+
+def _partial_state(part_dir: str, job: str) -> tuple[bool, bool]:
+    """(OUT.partial exists, it belongs to this job)."""
+    if not os.path.isdir(part_dir):
+        return False, False
+    try:
+        return True, files.read_json(os.path.join(part_dir, "job.json")).get("job") == job
+    except PxdError:
+        return True, False
 
 
 def _job_id(x: np.ndarray, settings: dict) -> str:
@@ -85,28 +96,32 @@ def run_purify(cfg: PurifyConfig | str, out: str | None = None, *,
                 "chunk": chunk}
     job = _job_id(x, settings)
     part_dir = out + ".partial"
-    if os.path.isdir(part_dir):
-        try:
-            same = files.read_json(os.path.join(part_dir, "job.json")).get("job") == job
-        except PxdError:
-            same = False
-        if not resume or not same:
-            if resume:
-                raise PxdError(f"{part_dir} belongs to a different job; rerun without --resume")
+    n = len(x)
+    paths = [os.path.join(part_dir, f"chunk_{k:05d}.npz") for k in range(-(-n // chunk))]
+    # several processes: all act on process 0's reading of the disk, process 0 alone writes
+    exists, same = (bool(v) for v in devices.agree(np.array(_partial_state(part_dir, job))))
+    if exists and (not resume or not same):
+        if resume:
+            raise PxdError(f"{part_dir} belongs to a different job; rerun without --resume")
+        if files.primary():
             shutil.rmtree(part_dir)
-    elif resume:
+        exists = False
+    if not exists and resume:
         rep.info(f"nothing to resume at {part_dir}; starting")
-    os.makedirs(part_dir, exist_ok=True)
+    done = devices.agree(np.array([exists and os.path.exists(p) for p in paths], bool))
+    if files.primary():
+        os.makedirs(part_dir, exist_ok=True)
     files.write_json(os.path.join(part_dir, "job.json"), {"job": job, **settings})
 
-    n = len(x)
     t0 = time.perf_counter()
     done_imgs = 0
+    parts = []
     with rep.progress("purify", total=n) as advance:
         for k, start in enumerate(range(0, n, chunk)):
-            path = os.path.join(part_dir, f"chunk_{k:05d}.npz")
+            path = paths[k]
             xc = x[start : start + chunk]
-            if os.path.exists(path):
+            if done[k]:
+                parts.append(dict(np.load(path, allow_pickle=False)))
                 advance(len(xc))
                 continue
             tc = time.perf_counter()
@@ -127,11 +142,10 @@ def run_purify(cfg: PurifyConfig | str, out: str | None = None, *,
             if bpd_before is not None:
                 arrays.update(bpd_before=bpd_before, bpd_after=bpd_after)
             imageio.write_npz(path, **arrays)
+            parts.append(arrays)
             done_imgs += len(xc)
             advance(len(xc), **{"img/s": len(xc) / (time.perf_counter() - tc)})
 
-    parts = [np.load(os.path.join(part_dir, f), allow_pickle=False)
-             for f in sorted(os.listdir(part_dir)) if f.endswith(".npz")]
     xp = np.concatenate([p["x"] for p in parts])
     eps_used = np.concatenate([p["eps"] for p in parts])
     result_arrays = {"x": xp, "x_input": x, "eps": eps_used, "config": np.asarray(to_json(cfg))}
@@ -157,7 +171,8 @@ def run_purify(cfg: PurifyConfig | str, out: str | None = None, *,
     imageio.write_npz(out, **result_arrays)
     if grid is not None:
         imageio.write_grid(grid, [x[:16], xp[:16]])
-    shutil.rmtree(part_dir, ignore_errors=True)
+    if files.primary():
+        shutil.rmtree(part_dir, ignore_errors=True)
     rep.table("purify", ["quantity", "value"], [[k, v] for k, v in summary.items()])
     rep.done(f"purified {n} image{'s' * (n != 1)}: wrote {out}"
              + (f" and {grid}" if grid is not None else ""))

@@ -9,7 +9,6 @@ compilation) and `on_batch(k)` reports progress. Inputs are uint8 (N, H, W, C) o
 from __future__ import annotations
 
 import functools
-import itertools
 
 import jax
 import jax.numpy as jnp
@@ -98,10 +97,9 @@ def craft(attack_name: str, logits_fn, x: np.ndarray, y: np.ndarray, *, eps, key
     eps_arr = np.broadcast_to(np.asarray(eps, np.float32), (n,)).copy()
     f = _replicate(logits_fn, m)
     run = _jitted_attack(attack_name, tuple(sorted(opts.items())))
-    batch_no = itertools.count()  # map_batches visits batches in order
 
-    def one(xb, yb, eb):
-        return run(f, xb, yb, eb, np.int32(next(batch_no)), key)
+    def one(b, xb, yb, eb):
+        return run(f, xb, yb, eb, b, key)
 
     return devices.map_batches(one, (x, np.asarray(y, np.int32), eps_arr), batch_size, m,
-                               on_batch)
+                               on_batch, indexed=True)

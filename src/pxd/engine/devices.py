@@ -2,7 +2,14 @@
 
 On CPU, XLA runs a convolution on one core; splitting the batch over one virtual
 CPU device per core doubles convolution throughput on a 2-core machine. The same
-code path serves several GPUs, and several hosts after `jax.distributed.initialize()`.
+code path serves several GPUs.
+
+Several processes (`--distributed`: hosts, or one process per GPU): inference
+(`map_batches`) splits the batches between processes, each on its local devices, and
+gathers the results on every process; training shards each global batch over every
+process's devices, each process feeding only its rows. Only process 0 writes files
+(`storage.files.primary`). Decisions read from disk (a cache hit, a chunk already done)
+are process 0's, broadcast (`agree`), so every process runs the same collectives.
 """
 
 from __future__ import annotations
@@ -36,17 +43,107 @@ def setup(num_cpu_devices: int | None = None, distributed: bool = False) -> None
     except RuntimeError:
         pass  # backend already initialised (e.g. by a test): keep what it has
     if distributed:
-        jax.distributed.initialize()
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives
+        jax.distributed.initialize(**distributed_args())
+        from pxd.storage import files
+
+        files.set_primary(jax.process_index() == 0)
     _CONFIGURED = True
 
 
+def distributed_args() -> dict:
+    """`jax.distributed.initialize` arguments from PXD_COORDINATOR (host:port),
+    PXD_NUM_PROCESSES and PXD_PROCESS_ID; none set: JAX detects the cluster (SLURM,
+    Open MPI, Cloud TPU, JAX_COORDINATOR_ADDRESS)."""
+    env = {k: os.environ.get(f"PXD_{k.upper()}") for k in ("coordinator", "num_processes",
+                                                         "process_id")}
+    if not any(env.values()):
+        return {}
+    if not all(env.values()):
+        from pxd.errors import PxdError
+
+        raise PxdError("set all of PXD_COORDINATOR, PXD_NUM_PROCESSES and PXD_PROCESS_ID "
+                       "(or none, to let JAX detect the cluster)")
+    return dict(coordinator_address=env["coordinator"],
+                num_processes=int(env["num_processes"]), process_id=int(env["process_id"]))
+
+
+def processes() -> tuple[int, int]:
+    """(this process's index, number of processes)."""
+    import jax
+
+    return jax.process_index(), jax.process_count()
+
+
+def agree(value):
+    """Process 0's value on every process (a small array or scalar); itself when alone."""
+    if processes()[1] == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(value)))
+
+
 def mesh(devices: list | None = None):
-    """A 1-D mesh over all (or the given) devices with axis name 'data'."""
+    """A 1-D mesh over this process's (or the given) devices with axis name 'data'.
+    Training passes `jax.devices()`: every process's."""
     import jax
     from jax.sharding import Mesh
 
-    devs = np.asarray(devices if devices is not None else jax.devices())
+    devs = np.asarray(devices if devices is not None else jax.local_devices())
     return Mesh(devs, ("data",))
+
+
+def global_batch(tree: Any, m) -> Any:
+    """A global batch (the same host rows on every process) on a mesh that may span
+    processes: padded as `shard_batch` pads, each process placing only its own rows."""
+    import jax
+
+    if processes()[1] == 1:
+        return shard_batch(tree, m)[0]
+    ndev = m.devices.size
+    sh = data_sharding(m)
+
+    def put(a):
+        a = pad_to_multiple(np.asarray(a), ndev)[0]
+        return jax.make_array_from_callback(a.shape, sh, lambda idx: a[idx])
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def to_host(tree: Any) -> Any:
+    """numpy copies of (replicated or local) arrays; with several processes each reads its
+    own copy of a replicated array."""
+    import jax
+
+    def get(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            return np.asarray(a.addressable_shards[0].data)
+        return a
+
+    return jax.device_get(jax.tree_util.tree_map(get, tree))
+
+
+def local(tree: Any) -> Any:
+    """Arrays this process can compute with on its own devices: `tree` itself when alone,
+    host copies of replicated arrays spanning several processes."""
+    return tree if processes()[1] == 1 else to_host(tree)
+
+
+def put_replicated(tree: Any, m) -> Any:
+    """Host values (identical on every process) replicated over a mesh that may span
+    processes."""
+    import jax
+
+    sh = replicated(m)
+    if processes()[1] == 1:
+        return jax.device_put(tree, sh)
+
+    def put(a):
+        a = np.asarray(a)
+        return jax.make_array_from_callback(a.shape, sh, lambda idx: a[idx])
+
+    return jax.tree_util.tree_map(put, jax.device_get(tree))
 
 
 def data_sharding(m):
@@ -94,32 +191,54 @@ def map_batches(
     batch_size: int,
     m=None,
     on_batch: Callable[[int], None] | None = None,
+    *,
+    indexed: bool = False,
 ) -> Any:
     """Apply a jitted `fn(*batch)` over host arrays in sharded batches; concatenates outputs.
 
     Batches are padded to a multiple of the device count and to `batch_size`
-    (so `fn` compiles once) and the padding is trimmed from the outputs.
+    (so `fn` compiles once) and the padding is trimmed from the outputs. `indexed`: call
+    `fn(b, *batch)` with the batch's index b in the whole input (random keys fold it in).
+    With several processes, each runs its slice of every batch on its own devices (so a
+    device sees the rows it would see in one process with as many devices) and every
+    process gets all the outputs.
     """
     import jax
 
     m = m if m is not None else mesh()
-    ndev = m.devices.size
-    batch_size = max(ndev, batch_size - batch_size % ndev)
+    me, count = processes()
+    total = m.devices.size * count
+    batch_size = max(total, batch_size - batch_size % total)
+    share = batch_size // count
     n = arrays[0].shape[0]
+    if n == 0:
+        raise ValueError("map_batches: empty input")
     outs = []
     for start in range(0, n, batch_size):
         chunk = tuple(a[start : start + batch_size] for a in arrays)
         k = chunk[0].shape[0]
         if k < batch_size:
             chunk = tuple(pad_to_multiple(a, batch_size)[0][:batch_size] for a in chunk)
+        if count > 1:  # this process's rows of the batch
+            chunk = tuple(a[me * share : (me + 1) * share] for a in chunk)
         sharded, _ = shard_batch(chunk, m)
-        res = fn(*sharded)
-        outs.append(jax.tree_util.tree_map(lambda r, k=k: np.asarray(r)[:k], res))
+        res = fn(np.int32(start // batch_size), *sharded) if indexed else fn(*sharded)
+        keep = k if count == 1 else share  # the padding goes after the gather
+        outs.append(jax.tree_util.tree_map(lambda r, c=keep: np.asarray(r)[:c], res))
         if on_batch is not None:
             on_batch(k)
-    if not outs:
-        raise ValueError("map_batches: empty input")
-    return jax.tree_util.tree_map(lambda *rs: np.concatenate(rs, axis=0), *outs)
+    local = jax.tree_util.tree_map(lambda *rs: np.concatenate(rs, axis=0), *outs)
+    if count == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    def gather(a):
+        every = np.asarray(multihost_utils.process_allgather(a))  # (processes, batches*share)
+        nb = every.shape[1] // share
+        every = every.reshape((count, nb, share) + every.shape[2:])
+        return np.swapaxes(every, 0, 1).reshape((nb * batch_size,) + every.shape[3:])[:n]
+
+    return jax.tree_util.tree_map(gather, local)
 
 
 def machine() -> str:

@@ -53,9 +53,8 @@ def train_loop(
     `stop_after` ends the loop early after that many steps of this call (tests use it to
     simulate a killed run). Returns the final state and the evaluation history.
     """
-    m = devices.mesh()
-    rep = devices.replicated(m)
-    state = jax.device_put(state, rep)
+    m = devices.mesh(jax.devices())  # every process's devices
+    state = devices.put_replicated(state, m)
     n = next(iter(data.values())).shape[0]
     start = int(state.step)
     history: list[dict] = []
@@ -63,7 +62,7 @@ def train_loop(
     done_here = 0
     for s in range(start, steps):
         idx = batch_indices(seed, s, n, batch_size)
-        batch, _ = devices.shard_batch({k: v[idx] for k, v in data.items()}, m)
+        batch = devices.global_batch({k: v[idx] for k, v in data.items()}, m)
         state, metrics = step_fn(state, batch, key=key)
         # Wait for every step: queuing many sharded steps has deadlocked XLA's CPU
         # collectives (seen with 2 virtual devices), and the host has no work to overlap.
@@ -71,18 +70,18 @@ def train_loop(
         done_here += 1
         step_no = s + 1
         if on_step is not None:
-            metrics = jax.device_get(metrics)
+            metrics = devices.to_host(metrics)
             now = time.perf_counter()
             on_step(step_no, metrics, len(idx) / max(now - t_last, 1e-9))
             t_last = now
         last = step_no == steps or (stop_after is not None and done_here >= stop_after)
         if eval_fn is not None and ((eval_every and step_no % eval_every == 0) or last):
-            ev = dict(eval_fn(state), step=step_no)
+            ev = dict(eval_fn(devices.local(state)), step=step_no)
             history.append(ev)
             if on_eval is not None:
                 on_eval(step_no, ev)
         if run_dir is not None and (step_no % ckpt_every == 0 or last):
-            checkpoint.save_state(run_dir, step_no, jax.device_get(state))
+            checkpoint.save_state(run_dir, step_no, devices.to_host(state))
         if last and step_no != steps:
             break
     return state, history
@@ -99,7 +98,7 @@ def budget_steps(hours: float, step_fn, state, batch: dict, *, key: jax.Array,
     for _ in range(n):
         state, m = step_fn(state, batch, key=key)
         jax.block_until_ready(m)
-    sec = (time.perf_counter() - t0) / n
+    sec = float(devices.agree(np.float64((time.perf_counter() - t0) / n)))  # process 0's
     return max(1, int(hours * 3600 / sec)), sec
 
 
@@ -161,6 +160,6 @@ def train(job, out: str, *, resume: bool = False, data_dir: str | None = None,
             eval_fn=lambda s: job.evaluate(s, out), on_step=on_step, on_eval=on_eval,
             stop_after=stop_after,
         )
-    result = job.finish(state, out, write_meta, data_dir, rep)
+    result = job.finish(devices.local(state), out, write_meta, data_dir, rep)
     rep.json(result)
     return result

@@ -22,11 +22,13 @@ from rich.table import Table
 
 
 class Reporter:
-    """What a command prints. `quiet` keeps only results; `json_mode` prints one JSON object."""
+    """What a command prints. `quiet` keeps only results; `json_mode` prints one JSON object;
+    `silent` prints only errors (the other processes of a multi-process run)."""
 
-    def __init__(self, quiet: bool = False, json_mode: bool = False):
-        self.quiet = quiet or json_mode
-        self.json_mode = json_mode
+    def __init__(self, quiet: bool = False, json_mode: bool = False, silent: bool = False):
+        self.quiet = quiet or json_mode or silent
+        self.json_mode = json_mode or silent
+        self.silent = silent
         self.out = Console(highlight=False)
         self.err = Console(stderr=True, highlight=False)
 
@@ -76,7 +78,7 @@ class Reporter:
             self.out.print(s, soft_wrap=True)
 
     def json(self, obj) -> None:
-        if self.json_mode:
+        if self.json_mode and not self.silent:
             sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
 
     @contextmanager

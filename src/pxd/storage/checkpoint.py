@@ -28,14 +28,27 @@ def _ocp():
     return ocp
 
 
+def _checkpointer():
+    """A StandardCheckpointer; with several processes, one that involves only this one
+    (states are host copies; process 0 saves, every process may restore)."""
+    ocp = _ocp()
+    if jax.process_count() == 1:
+        return ocp.StandardCheckpointer()
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}))
+
+
 def save_state(run_dir: str, step: int, state: Any, keep: int = 2) -> None:
-    """Save the full training state at `step` and point LATEST at it."""
+    """Save the full training state at `step` and point LATEST at it (process 0 only)."""
+    if not files.primary():
+        return
     ckdir = os.path.abspath(os.path.join(run_dir, "ckpt"))
     os.makedirs(ckdir, exist_ok=True)
     path = os.path.join(ckdir, f"step_{step}")
     if os.path.exists(path):
         shutil.rmtree(path)
-    ckptr = _ocp().StandardCheckpointer()
+    ckptr = _checkpointer()
     ckptr.save(path, state)
     ckptr.wait_until_finished()
     files.write_text(os.path.join(ckdir, "LATEST"), str(step))
@@ -74,16 +87,19 @@ def restore_state(run_dir: str, target: Any) -> tuple[int, Any]:
     if step is None:
         raise PxdError(f"no checkpoint to resume in {run_dir}")
     path = os.path.abspath(os.path.join(run_dir, "ckpt", f"step_{step}"))
-    return step, _ocp().StandardCheckpointer().restore(path, target)
+    return step, _checkpointer().restore(path, target)
 
 
 def save_params(path: str, params: Any) -> None:
-    """Inference parameters (e.g. EMA weights) to an orbax directory, replaced atomically."""
+    """Inference parameters (e.g. EMA weights) to an orbax directory, replaced atomically
+    (process 0 only)."""
+    if not files.primary():
+        return
     path = os.path.abspath(path)
     tmp = path + ".tmp"
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
-    ckptr = _ocp().StandardCheckpointer()
+    ckptr = _checkpointer()
     ckptr.save(tmp, params)
     ckptr.wait_until_finished()
     old = path + ".old"
@@ -148,7 +164,7 @@ def load_params(path: str, target: Any | None = None) -> Any:
     if not os.path.isdir(path):
         raise PxdError(f"no parameters at {path}")
     try:
-        return _ocp().StandardCheckpointer().restore(path, target)
+        return _checkpointer().restore(path, target)
     except Exception as e:  # orbax raises many types; all mean the same to a user
         raise PxdError(f"cannot load parameters from {path}: {type(e).__name__}") from None
 

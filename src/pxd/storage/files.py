@@ -20,6 +20,21 @@ import numpy as np
 from pxd.configs.base import to_json
 from pxd.errors import PxdError
 
+# Several cooperating processes write their results once: only the primary writes.
+_PRIMARY = True
+
+
+def set_primary(primary: bool) -> None:
+    """Called once by `engine.devices.setup`: False on processes other than process 0."""
+    global _PRIMARY
+    _PRIMARY = bool(primary)
+
+
+def primary() -> bool:
+    """Whether this process writes files (the only process, or process 0 of several)."""
+    return _PRIMARY
+
+
 # mkstemp creates files 0600; give outputs the permissions a plain open() would.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -33,6 +48,10 @@ def atomic_path(path: str) -> Iterator[str]:
     nothing). On an exception the temp file is removed and `path` is left untouched.
     """
     path = os.fspath(path)
+    if not _PRIMARY:  # another process writes this file: write to a scratch file, drop it
+        with tempfile.TemporaryDirectory() as scratch:
+            yield os.path.join(scratch, os.path.basename(path))
+        return
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     base = os.path.basename(path)

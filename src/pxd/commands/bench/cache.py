@@ -42,17 +42,26 @@ class Cache:
         self.stats: dict[str, dict[str, int]] = {}
         os.makedirs(root, exist_ok=True)
 
+    @staticmethod
+    def _load(path: str, check: dict) -> np.ndarray | None:
+        if not os.path.exists(path):
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if all(str(z[k]) == str(v) for k, v in check.items()):
+                    return z["x"]
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable or stale: recompute
+        return None
+
     def get(self, kind: str, name: str, check: dict, compute) -> np.ndarray:
         path = os.path.join(self.root, name)
         st = self.stats.setdefault(kind, {"hits": 0, "new": 0})
-        if os.path.exists(path):
-            try:
-                with np.load(path, allow_pickle=False) as z:
-                    if all(str(z[k]) == str(v) for k, v in check.items()):
-                        st["hits"] += 1
-                        return z["x"]
-            except (OSError, ValueError, KeyError):
-                pass  # unreadable or stale: recompute
+        x = self._load(path, check)
+        # several processes: all follow process 0's hit or miss (a miss runs collectives)
+        if bool(devices.agree(x is not None)):
+            st["hits"] += 1
+            return x if x is not None else self._load(path, check)
         x = compute()
         imageio.write_npz(path, x=x, **{k: np.asarray(str(v)) for k, v in check.items()})
         st["new"] += 1
@@ -90,16 +99,14 @@ def bpda_cached(cache: Cache, m: dict, defence: str, attack_fn, dparams, e: int,
 
     def compute():
         key = seed_key(seed, "bpda", defence, e)
-        batch_no = iter(range(1 << 30))  # map_batches visits batches in order
 
-        def one(xb, yb, eb):
-            return attack_fn(m["logits_fn"], dparams, xb, yb, eb,
-                             jax.random.fold_in(key, next(batch_no)))
+        def one(b, xb, yb, eb):
+            return attack_fn(m["logits_fn"], dparams, xb, yb, eb, jax.random.fold_in(key, b))
 
         with rep.progress(f"BPDA-PGD {defence} eps={e} ({m['label']})",
                           total=len(x)) as advance:
             return devices.map_batches(one, (x, y, np.full(len(x), e, np.float32)),
-                                       batch_size, on_batch=advance)
+                                       batch_size, on_batch=advance, indexed=True)
 
     return cache.get("bpda", name, {"input": digest(x), "clf": m["digest"],
                                     "settings": json.dumps(settings, sort_keys=True)}, compute)
