@@ -43,8 +43,17 @@ def setup(num_cpu_devices: int | None = None, distributed: bool = False) -> None
     except RuntimeError:
         pass  # backend already initialised (e.g. by a test): keep what it has
     if distributed:
+        from pxd.errors import PxdError
+
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives
-        jax.distributed.initialize(**distributed_args())
+        args = distributed_args()
+        try:
+            jax.distributed.initialize(**args)
+        except (RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PxdError(f"--distributed: jax.distributed.initialize failed ({first}); "
+                           "set PXD_COORDINATOR, PXD_NUM_PROCESSES and PXD_PROCESS_ID "
+                           "outside a detected cluster") from None
         from pxd.storage import files
 
         files.set_primary(jax.process_index() == 0)

@@ -118,8 +118,8 @@ def bench_unet_purify(x: np.ndarray, x_adv: np.ndarray | None, *, n_batch: int, 
     jac, t_jc = _compiled(lambda p, a, e: purify_jacobi(model, p, a, e, max_eps=eps,
                                                         return_iters=True),
                           params, x[:1], e1)
-    cached1, _ = _compiled(lambda p, a, e: purify_unet(model, p, a, e, max_eps=eps),
-                           params, x[:1], e1)
+    cached1 = cached if n_batch == 1 else _compiled(
+        lambda p, a, e: purify_unet(model, p, a, e, max_eps=eps), params, x[:1], e1)[0]
     jacobi = []
     sets = [("clean", x)] + ([("attacked", x_adv)] if x_adv is not None else [])
     for kind, xs in sets:
