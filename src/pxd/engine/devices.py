@@ -5,7 +5,7 @@ CPU device per core doubles convolution throughput on a 2-core machine. The same
 code path serves several GPUs.
 
 Several processes (`--distributed`: hosts, or one process per GPU): inference
-(`map_batches`) splits the batches between processes, each on its local devices, and
+(`map_batches`) splits every batch between processes, each on its local devices, and
 gathers the results on every process; training shards each global batch over every
 process's devices, each process feeding only its rows. Only process 0 writes files
 (`storage.files.primary`). Decisions read from disk (a cache hit, a chunk already done)
@@ -110,14 +110,16 @@ def global_batch(tree: Any, m) -> Any:
 
     if processes()[1] == 1:
         return shard_batch(tree, m)[0]
-    ndev = m.devices.size
-    sh = data_sharding(m)
+    ndev, sh = m.devices.size, data_sharding(m)
+    return jax.tree_util.tree_map(
+        lambda a: _from_host(pad_to_multiple(np.asarray(a), ndev)[0], sh), tree)
 
-    def put(a):
-        a = pad_to_multiple(np.asarray(a), ndev)[0]
-        return jax.make_array_from_callback(a.shape, sh, lambda idx: a[idx])
 
-    return jax.tree_util.tree_map(put, tree)
+def _from_host(a: np.ndarray, sharding):
+    """A global array from the same host value on every process; each places its shards."""
+    import jax
+
+    return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
 
 
 def to_host(tree: Any) -> Any:
@@ -147,12 +149,7 @@ def put_replicated(tree: Any, m) -> Any:
     sh = replicated(m)
     if processes()[1] == 1:
         return jax.device_put(tree, sh)
-
-    def put(a):
-        a = np.asarray(a)
-        return jax.make_array_from_callback(a.shape, sh, lambda idx: a[idx])
-
-    return jax.tree_util.tree_map(put, jax.device_get(tree))
+    return jax.tree_util.tree_map(lambda a: _from_host(np.asarray(a), sh), jax.device_get(tree))
 
 
 def data_sharding(m):
