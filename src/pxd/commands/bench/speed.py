@@ -353,20 +353,14 @@ def bench_clf_training(x: np.ndarray, y: np.ndarray, *, steps: int) -> dict:
 def _paper_part(x, n_images, positions, over, eps, data_dir, rep) -> dict:
     """bench_unet_purify on the first two test images and their FGSM (eps 8) versions
     against the default classifier when one ships."""
+    from pxd import api
     from pxd.errors import PxdError
 
     xs = x[:2]
     x_adv = None
     try:
-        from pxd.engine.batched import craft
-        from pxd.models.classifiers import make_logits_fn
-        from pxd.storage import shipped as zoo
-        from pxd.storage.runs import load_classifier
-
-        cm, cv, _, _ = load_classifier(zoo.default_path("classifier", (32, 32, 3)))
-        lf = make_logits_fn(cm, cv["params"], cv.get("batch_stats", {}))
         _, ys = data.load("cifar10:test[:2]", data_dir)
-        x_adv = craft("fgsm", lf, xs, ys, eps=8.0, key=jax.random.key(0), batch_size=2)
+        x_adv = api.attack(xs, ys, "fgsm", eps=8, clf=api.load_classifier(), batch_size=2)
     except PxdError as e:
         rep.info(f"paper preset: no attacked images ({e})")
     return bench_unet_purify(xs, x_adv, n_batch=n_images, eps=eps, positions=positions,

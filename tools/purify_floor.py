@@ -1,0 +1,52 @@
+"""The fast exact purifier against two plain forwards (its compute floor), per batch size,
+on the default JAX devices; the figures behind BENCHMARKS' "The head was 3/4 of the fast
+path" table (run there as `JAX_NUM_CPU_DEVICES=1 taskset -c 0 python tools/purify_floor.py`).
+
+    python tools/purify_floor.py [--density NAME_OR_RUN] [--data-dir DIR] [--batches 16,32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+
+import pxd
+from pxd.core.purify import make_purifier
+from pxd.models.pixelcnn import PixelCNN
+
+
+def _best(fn, *args, runs: int = 1) -> float:
+    jax.block_until_ready(fn(*args))  # compile
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        ts.append(time.perf_counter() - t)
+    return min(ts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--density", default="pixelcnn-c10-cpu-v4")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--batches", default="16,32,64,128")
+    ap.add_argument("--eps", type=int, default=16)
+    a = ap.parse_args()
+    d = pxd.load_density(a.density)
+    batches = [int(b) for b in a.batches.split(",")]
+    x, _ = pxd.load_dataset(f"{d.config.dataset}:test[:{max(batches)}]", data_dir=a.data_dir)
+    fast = make_purifier(d.model, "auto", max_eps=a.eps)
+    feat = jax.jit(lambda p, xb: d.model.apply({"params": p}, xb, method=PixelCNN.features))
+    for b in batches:
+        e = jnp.full((b,), a.eps, jnp.int32)
+        fast_ips = b / _best(fast, d.params, x[:b], e)
+        floor_ips = b / (2 * _best(feat, d.params, x[:b]))
+        print(f"batch {b}: fast {fast_ips:.1f} img/s, floor {floor_ips:.1f} img/s, "
+              f"ratio {fast_ips / floor_ips:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
