@@ -18,6 +18,7 @@ a recipe interrupted mid-training continues with its saved step count).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import time
@@ -51,8 +52,6 @@ def table(results: dict, minutes: float, eval_n: int) -> str:
              "| recipe | what differs | params | steps | timed s/step | test bits/dim |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name, r in sorted(results.items(), key=lambda kv: kv[1]["test_bpd"]):
-        # the step time the budget was set from (the run's wall time also counts whatever
-        # else the machine did later)
         lines.append(f"| {name} | {r['what']} | {r['params']:,} | {r['steps']} | "
                      f"{minutes * 60 / r['steps']:.2f} | **{r['test_bpd']:.4f}** |")
     return "\n".join(lines) + "\n"
@@ -91,17 +90,22 @@ def main() -> None:
         results[name] = dict(what=what, overrides=over, steps=int(r["step"]),
                              params=int(meta.get("params", 0)), wall_s=wall,
                              train_s=meta["wall_s"],
-                             s_per_step=meta["wall_s"] / max(1, int(r["step"])), test_bpd=bpd,
+                             # the step time the budget was set from, not the wall time
+                             # (which counts whatever else the machine did)
+                             timed_s_per_step=a.minutes * 60 / max(1, int(r["step"])),
+                             test_bpd=bpd,
                              command=f"python tools/recipes.py --minutes {a.minutes:g} "
                                      f"--out {a.out} --only {name}")
         print(f"  {name}: {r['step']} steps, test bits/dim {bpd:.4f}", flush=True)
-        # Re-read before writing: two processes (one per core, --only) may share OUT.
-        if os.path.exists(path):
-            results = {**json.load(open(path)), name: results[name]}
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(tmp, path)
+        # Two processes (one per core, --only) may share OUT: read, merge and write under a lock.
+        with open(path + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if os.path.exists(path):
+                results = {**json.load(open(path)), name: results[name]}
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(results, f, indent=2)
+            os.replace(tmp, path)
     with open(os.path.join(a.out, "recipes.md"), "w") as f:
         f.write(table(results, a.minutes, a.eval_n))
     print(table(results, a.minutes, a.eval_n))
