@@ -14,8 +14,10 @@ are process 0's, broadcast (`agree`), so every process runs the same collectives
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -54,10 +56,31 @@ def setup(num_cpu_devices: int | None = None, distributed: bool = False) -> None
             raise PxdError(f"--distributed: jax.distributed.initialize failed ({first}); "
                            "set PXD_COORDINATOR, PXD_NUM_PROCESSES and PXD_PROCESS_ID "
                            "outside a detected cluster") from None
+        # gloo prints a "[Gloo] Rank ... connected" line to stdout from C++ when its first
+        # collective connects; connect now with stdout sent to stderr, so a --json stdout
+        # stays one JSON object.
+        with _stdout_to_stderr():
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("pxd-setup")
         from pxd.storage import files
 
         files.set_primary(jax.process_index() == 0)
     _CONFIGURED = True
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """File descriptor 1 points at stderr inside the block (catches C++ prints too)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def distributed_args() -> dict:
