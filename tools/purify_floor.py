@@ -8,24 +8,19 @@ path" table (run there as `JAX_NUM_CPU_DEVICES=1 taskset -c 0 python tools/purif
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 
 import pxd
+from pxd.commands.bench.speed import timed
 from pxd.core.purify import make_purifier
 from pxd.models.pixelcnn import PixelCNN
 
 
-def _best(fn, *args, runs: int = 1) -> float:
-    jax.block_until_ready(fn(*args))  # compile
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t)
-    return min(ts)
+def _seconds(fn, *args) -> float:
+    timed(fn, *args)  # compile
+    return timed(fn, *args)[1]
 
 
 def main() -> None:
@@ -42,8 +37,8 @@ def main() -> None:
     feat = jax.jit(lambda p, xb: d.model.apply({"params": p}, xb, method=PixelCNN.features))
     for b in batches:
         e = jnp.full((b,), a.eps, jnp.int32)
-        fast_ips = b / _best(fast, d.params, x[:b], e)
-        floor_ips = b / (2 * _best(feat, d.params, x[:b]))
+        fast_ips = b / _seconds(fast, d.params, x[:b], e)
+        floor_ips = b / (2 * _seconds(feat, d.params, x[:b]))
         print(f"batch {b}: fast {fast_ips:.1f} img/s, floor {floor_ips:.1f} img/s, "
               f"ratio {fast_ips / floor_ips:.2f}", flush=True)
 

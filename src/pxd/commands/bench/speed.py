@@ -23,7 +23,8 @@ from pxd.report.terminal import Reporter
 from pxd.storage import data
 
 
-def _timed(fn, *args):
+def timed(fn, *args):
+    """(fn(*args) ready, its wall seconds); call once first to time without the compile."""
     t = time.perf_counter()
     out = jax.block_until_ready(fn(*args))
     return out, time.perf_counter() - t
@@ -41,24 +42,24 @@ def bench_purify(model, params, x: np.ndarray, *, eps: int, n_ref: int, batch: i
     ref = make_purifier(model, "reference")
     # compile both on their batch shapes, then time
     xb, _ = devices.shard_batch((x[:batch], e[:batch]), m)
-    _timed(fast, params, *xb)
+    timed(fast, params, *xb)
     t_fast = 0.0
     outs = []
     for s in range(0, len(x), batch):
         xb, k = devices.shard_batch((x[s : s + batch], e[s : s + batch]), m)
-        o, dt = _timed(fast, params, *xb)
+        o, dt = timed(fast, params, *xb)
         outs.append(np.asarray(o)[:k])
         t_fast += dt
     fast_out = np.concatenate(outs)
     xr, kr = devices.shard_batch((x[:n_ref], e[:n_ref]), m)
     rep.info(f"reference decode of {n_ref} images ({np.prod(x.shape[1:])} forwards each)...")
-    ref_out, t_ref = _timed(ref, params, *xr)  # includes compile, subtracted below
-    _, t_ref = _timed(ref, params, *xr)
+    ref_out, t_ref = timed(ref, params, *xr)  # includes compile, subtracted below
+    _, t_ref = timed(ref, params, *xr)
     ref_out = np.asarray(ref_out)[:kr]
     feat = jax.jit(lambda p, xx: model.apply({"params": p}, xx, method=PixelCNN.features))
     xf, _ = devices.shard_batch(x[:batch], m)
-    _timed(feat, params, xf)
-    _, t_fwd = _timed(feat, params, xf)
+    timed(feat, params, xf)
+    _, t_fwd = timed(feat, params, xf)
     floor_ips = batch / (2 * t_fwd)
     fast_ips = len(x) / t_fast
     ref_ips = kr / t_ref
@@ -110,11 +111,11 @@ def bench_unet_purify(x: np.ndarray, x_adv: np.ndarray | None, *, n_batch: int, 
     rep.info(f"paper preset: cached purify of {n_batch} images (compiling)...")
     cached, t_c = _compiled(lambda p, a, e: purify_unet(model, p, a, e, max_eps=eps),
                             params, xb, eb)
-    out_b, t_cached = _timed(cached, params, xb, eb)
+    out_b, t_cached = timed(cached, params, xb, eb)
     out_b = np.asarray(out_b)
     feat, _ = _compiled(lambda p, a: model.apply({"params": p}, a, method=PixelCNN.features),
                         params, xb)
-    _, t_fwd = _timed(feat, params, xb)
+    _, t_fwd = timed(feat, params, xb)
     jac, t_jc = _compiled(lambda p, a, e: purify_jacobi(model, p, a, e, max_eps=eps,
                                                         return_iters=True),
                           params, x[:1], e1)
@@ -125,7 +126,7 @@ def bench_unet_purify(x: np.ndarray, x_adv: np.ndarray | None, *, n_batch: int, 
     for kind, xs in sets:
         for i in range(len(xs)):
             rep.info(f"paper preset: Jacobi purify, {kind} image {i}...")
-            (o, iters), dt = _timed(jac, params, xs[i : i + 1], e1)
+            (o, iters), dt = timed(jac, params, xs[i : i + 1], e1)
             mine = np.asarray(cached1(params, xs[i : i + 1], e1))
             o = np.asarray(o)
             gaps = first_difference_gaps(model, params, xs[i : i + 1], o, mine, eps)
@@ -135,7 +136,7 @@ def bench_unet_purify(x: np.ndarray, x_adv: np.ndarray | None, *, n_batch: int, 
     rep.info(f"paper preset: literal reference on the first {positions} sub-pixels...")
     ref, _ = _compiled(lambda p, a, e: purify_reference(model, p, a, e, positions=positions),
                        params, x[:1], e1)
-    ref_out, t_ref = _timed(ref, params, x[:1], e1)
+    ref_out, t_ref = timed(ref, params, x[:1], e1)
     flat = np.asarray(ref_out).reshape(-1)[:positions]
     cached_ips = n_batch / t_cached
     ref_ips = 1.0 / (t_ref * sub / positions)
