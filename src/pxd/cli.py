@@ -237,7 +237,7 @@ def train_clf(
     arch: Annotated[str, typer.Option(help="resnet or vgg.")] = "resnet",
     training: Annotated[str, typer.Option(
         help="normal, adv-fgsm, adv-bim or label-smoothing.")] = "normal",
-    preset: Annotated[str, typer.Option(help="smoke, cpu or paper.")] = "cpu",
+    preset: Annotated[str, typer.Option(help="smoke, cpu, wide (ResNet) or paper.")] = "cpu",
     epochs: Epochs = None,
     steps: Steps = None,
     batch_size: TrainBatch = None,
