@@ -147,6 +147,38 @@ def test_resume_from_a_zoo_entry_equals_the_uninterrupted_run(tmp_path, cifar):
         run_train_density(cfg, str(tmp_path / "e"), resume_from=entry, data_dir=data_dir)
 
 
+def test_classifier_resume_from_a_zoo_entry_equals_the_uninterrupted_run(tmp_path, cifar):
+    """train-clf --resume-from: a classifier exported half-way with its training state
+    continues from the zoo entry alone to the unbroken run's exact variables; a density
+    entry is refused as a classifier's state."""
+    import shutil
+
+    from pxd.commands.train import run_train_clf
+    from pxd.commands.zoo import run_zoo_export
+    from pxd.configs.classifier import clf_config
+    from pxd.report.terminal import Reporter
+
+    cfg = clf_config("cifar10", "resnet", "normal", "smoke", steps=6, ckpt_every=3,
+                     eval_every=3, batch_size=8)
+    a = run_train_clf(cfg, str(tmp_path / "a"), data_dir=cifar)
+    half = str(tmp_path / "half")
+    run_train_clf(cfg, half, data_dir=cifar, stop_after=3)
+    zdir = str(tmp_path / "zoo")
+    card = run_zoo_export(half, "clf-half", default=False, command="test", data_dir=cifar,
+                          rep=Reporter(quiet=True), zoo_dir=zdir, with_state=True)
+    assert card["state_step"] == 3 and card["kind"] == "classifier"
+    shutil.rmtree(half)
+    entry = os.path.join(zdir, "clf-half")
+    c = run_train_clf(cfg, str(tmp_path / "c"), resume_from=entry, keep_steps=True,
+                      data_dir=cifar)
+    assert c["step"] == 6 and c["complete"] and c["digest"] == a["digest"]
+    with pytest.raises(PxdError, match="already holds a run"):
+        run_train_clf(cfg, str(tmp_path / "c"), resume_from=entry, data_dir=cifar)
+    with pytest.raises(PxdError, match="not a classifier"):
+        run_train_clf(cfg, str(tmp_path / "d"), resume_from="pixelcnn-c10-cpu-v4",
+                      data_dir=cifar)
+
+
 def test_zoo_command_lists_every_shipped_model():
     from typer.testing import CliRunner
 

@@ -160,7 +160,8 @@ def zoo_cmd(
     default: Annotated[bool, typer.Option(help="Make the exported model the default.")] = False,
     train_command: Annotated[str, typer.Option(help="How the run was trained (card).")] = "",
     with_state: Annotated[bool, typer.Option(
-        help="Also keep the run's training state (train-density --resume-from).")] = False,
+        help="Also keep the run's training state (train-density/train-clf --resume-from).")]
+    = False,
     data_dir: DataDir = None,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -247,6 +248,9 @@ def train_clf(
     init_from: Annotated[str | None, typer.Option(
         help="Start from this classifier run dir or shipped model (warm start, same arch "
         "and preset).")] = None,
+    resume_from: Annotated[str | None, typer.Option(
+        help="Continue a shipped classifier's own run (its saved training state) in --out.")]
+    = None,
     data_dir: DataDir = None,
     seed: Seed = 0,
     devices: Devices = None,
@@ -264,11 +268,13 @@ def train_clf(
     _check_lr(lr)
     cfg = clf_config(dataset, arch, training, preset, batch_size=batch_size, seed=seed,
                      lr=lr, init_from=init_from)
-    cfg = replace(cfg, steps=training_steps(dataset, epochs, steps, cfg.batch_size))
+    budget = training_steps(dataset, epochs, steps, cfg.batch_size)
+    cfg = replace(cfg, steps=budget)
     rep = _setup(devices, distributed, quiet, json_out, verbose)
     from pxd.commands.train import run_train_clf
 
-    run_train_clf(cfg, out, resume=resume, data_dir=data_dir, rep=rep)
+    run_train_clf(cfg, out, resume=resume, resume_from=resume_from,
+                  keep_steps=epochs is None and steps is None, data_dir=data_dir, rep=rep)
 
 
 @app.command("attack")

@@ -17,9 +17,11 @@ from pxd.storage import checkpoint, files
 from pxd.storage import shipped as zoo
 
 
-def seed_from_zoo(name: str, out: str, steps: int | None) -> DensityConfig:
+def seed_from_zoo(name: str, out: str, steps: int | None, *,
+                  kind: type = DensityConfig) -> DensityConfig | ClfConfig:
     """Make `out` a run directory holding a shipped model's training state, ready for
-    --resume: its config (steps replaced when given), checkpoint and metrics."""
+    --resume: its config (steps replaced when given), checkpoint and metrics. `kind` is
+    the config class the shipped model must have (DensityConfig or ClfConfig)."""
     src = zoo.resolve(name)
     state_path = os.path.join(src, "train_state.msgpack")
     if not os.path.isfile(state_path):
@@ -27,7 +29,11 @@ def seed_from_zoo(name: str, out: str, steps: int | None) -> DensityConfig:
                        "use --init-from to fine-tune from its parameters")
     if os.path.exists(os.path.join(out, "config.json")):
         raise PxdError(f"{out} already holds a run; give a new --out for --resume-from")
-    cfg = config.load_json(DensityConfig, os.path.join(src, "config.json"))
+    want = "classifier" if kind is ClfConfig else "density"
+    card = zoo.card_of(src)
+    if card.get("kind", want) != want:
+        raise PxdError(f"{name} is a {card['kind']} model, not a {want} model")
+    cfg = config.load_json(kind, os.path.join(src, "config.json"))
     if steps is not None:
         cfg = config.replace(cfg, steps=steps)
     state = checkpoint.load_state_msgpack(state_path, template_state(cfg))
@@ -36,6 +42,7 @@ def seed_from_zoo(name: str, out: str, steps: int | None) -> DensityConfig:
     checkpoint.save_state(out, int(state.step), state)
     meta = checkpoint.read_meta(src)
     meta.pop("best_test_bpd", None)  # measured on another slice; the run re-evaluates
+    meta.pop("complete", None)
     checkpoint.write_meta(out, dict(meta, resumed_from=name))
     files.write_config(out, cfg)
     return cfg
@@ -79,15 +86,24 @@ def run_train_clf(
     out: str,
     *,
     resume: bool = False,
+    resume_from: str | None = None,
+    keep_steps: bool = False,
     data_dir: str | None = None,
     rep: Reporter | None = None,
     stop_after: int | None = None,
 ) -> dict:
     """Train a classifier into the run dir `out`; `best/` holds the latest evaluated variables.
+    `resume_from` continues a shipped classifier's own run (its config and saved training
+    state) in `out`; with `keep_steps` it keeps that run's planned steps (and schedule).
 
     `best/` is not selected by test accuracy (that would bias `test_acc`); it is rewritten at
     every evaluation and at the end, so a killed run still has usable parameters.
     """
+    if resume_from is not None:
+        if resume:
+            raise PxdError("--resume-from starts from the shipped state; drop --resume")
+        cfg = seed_from_zoo(resume_from, out, None if keep_steps else cfg.steps, kind=ClfConfig)
+        resume = True
     validate(cfg)
     return train(ClassifierJob(cfg), out, resume=resume, data_dir=data_dir, rep=rep,
                  stop_after=stop_after)

@@ -52,7 +52,8 @@ def run_zoo_export(cfg: ZooExportConfig | str, name: str | None = None, *,
                    rep: Reporter | None = None, zoo_dir: str = zoo.ZOO_DIR,
                    **options) -> dict:
     """Measure a run on its full test split and copy its inference parameters into the zoo;
-    `with_state` also keeps its latest training state (density runs) for --resume-from.
+    `with_state` also keeps its latest training state for train-density/train-clf
+    --resume-from.
     `cfg`: a ZooExportConfig, or the run dir with the other fields as keywords."""
     ec = config_from(ZooExportConfig, cfg, "run_dir", name=name, **options)
     run_dir, name, default, command = ec.run_dir, ec.name, ec.default, ec.command
@@ -89,8 +90,6 @@ def run_zoo_export(cfg: ZooExportConfig | str, name: str | None = None, *,
                     what=f"{cfg.arch} {cfg.training} ({cfg.preset})")
     state = None
     if with_state:
-        if kind != "density":
-            raise PxdError("--with-state is for density runs")
         from pxd.engine.jobs import template_state
 
         _, state = checkpoint.restore_state(run_dir, template_state(cfg))

@@ -68,13 +68,22 @@ def initial_params(cfg: DensityConfig, model, shape, *, key: jax.Array):
         lambda k: init_params(model, shape, key=k), key), src)
 
 
-def template_state(cfg: DensityConfig):
-    """A training state of the right structure for `cfg` (to restore checkpoints into)."""
+def template_state(cfg: DensityConfig | ClfConfig):
+    """A training state of the right structure for `cfg`, a density or classifier config
+    (to restore checkpoints into)."""
     shape = DATASETS[cfg.dataset].shape
-    model = build_model(cfg.model, shape[-1])
-    tx = make_density_optimizer(cfg)
-    shapes = jax.eval_shape(
-        lambda k: init_state(init_params(model, shape, key=k), {}, tx), jax.random.key(0))
+    if isinstance(cfg, ClfConfig):
+        model, tx = build_classifier(cfg), make_clf_optimizer(cfg)
+
+        def fresh(k):
+            v = init_variables(model, shape, key=k)
+            return init_state(v["params"], v["batch_stats"], tx)
+    else:
+        model, tx = build_model(cfg.model, shape[-1]), make_density_optimizer(cfg)
+
+        def fresh(k):
+            return init_state(init_params(model, shape, key=k), {}, tx)
+    shapes = jax.eval_shape(fresh, jax.random.key(0))
     return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
