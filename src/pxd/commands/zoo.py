@@ -108,7 +108,7 @@ def _sha256(path: str, advance) -> str:
     with open(path, "rb") as f:
         while blob := f.read(1 << 24):
             h.update(blob)
-            advance(len(blob) >> 20)
+            advance(len(blob) / (1 << 20))
     return h.hexdigest()
 
 
@@ -141,8 +141,8 @@ def run_zoo_import_openai(cfg: ZooImportConfig | str, out: str | None = None, *,
     template = jax.eval_shape(lambda: model.init(
         {"params": jax.random.key(0)}, jax.numpy.zeros((1, 32, 32, 3), jax.numpy.uint8)))
     openai.check_tree(params, template["params"])
-    total = sum(os.path.getsize(f) for f in ck.files) >> 20
-    with rep.progress("sha256 of the source", max(total, 1)) as advance:
+    total = sum(os.path.getsize(f) for f in ck.files) / (1 << 20)
+    with rep.progress("sha256 of the source (MiB)", total) as advance:
         sources = [dict(file=os.path.basename(f), bytes=os.path.getsize(f),
                         sha256=_sha256(f, advance)) for f in ck.files]
     n_params = int(sum(np.prod(v.shape) for v in jax.tree_util.tree_leaves(params)))

@@ -57,7 +57,9 @@ def _log_weights(logit_probs, lp_obs, joint: bool):
     one-component-per-pixel likelihood; otherwise every channel uses the prior."""
     if not joint:
         return jax.nn.log_softmax(logit_probs, axis=-1)[..., None, :]
-    before = jnp.cumsum(lp_obs, axis=-2) - lp_obs  # sum over channels < c
+    # sum over channels < c, built from those alone (exactly causal, not cumsum - own)
+    zero = jnp.zeros_like(lp_obs[..., :1, :])
+    before = jnp.concatenate([zero, jnp.cumsum(lp_obs[..., :-1, :], axis=-2)], axis=-2)
     return jax.nn.log_softmax(logit_probs[..., None, :] + before, axis=-1)
 
 
@@ -131,10 +133,11 @@ def mixture_channel_scores(
     vals = v[..., :-1]
     lp = jnp.where(vals <= 0, upper_cdf,
                    jnp.where(vals >= 255, lower_sf, upper_cdf + lower_sf + width))
-    if joint and c > 0:  # weights from channels < c only
-        obs = _bin_logprob(x[..., :c].astype(jnp.float32)[..., None], mu_all[..., :c, :],
-                           log_scales[..., :c, :])
-        log_pi = jax.nn.log_softmax(logit_probs + jnp.sum(obs, axis=-2), axis=-1)
+    if joint:  # weights from channels < c only (c may be traced)
+        obs = _bin_logprob(x.astype(jnp.float32)[..., None], mu_all, log_scales)
+        before = jnp.arange(channels)[:, None] < c
+        log_pi = jax.nn.log_softmax(logit_probs + jnp.sum(jnp.where(before, obs, 0.0), -2),
+                                    axis=-1)
     else:
         log_pi = jax.nn.log_softmax(logit_probs, axis=-1)
     return _logsumexp_rows(lp + log_pi[..., :, None])
