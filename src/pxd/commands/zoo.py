@@ -101,14 +101,17 @@ def run_zoo_export(cfg: ZooExportConfig | str, name: str | None = None, *,
     return full
 
 
+_BLOCK = 1 << 24
+
+
 def _sha256(path: str, advance) -> str:
     import hashlib
 
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while blob := f.read(1 << 24):
+        while blob := f.read(_BLOCK):
             h.update(blob)
-            advance(len(blob) / (1 << 20))
+            advance(1)
     return h.hexdigest()
 
 
@@ -141,8 +144,8 @@ def run_zoo_import_openai(cfg: ZooImportConfig | str, out: str | None = None, *,
     template = jax.eval_shape(lambda: model.init(
         {"params": jax.random.key(0)}, jax.numpy.zeros((1, 32, 32, 3), jax.numpy.uint8)))
     openai.check_tree(params, template["params"])
-    total = sum(os.path.getsize(f) for f in ck.files) / (1 << 20)
-    with rep.progress("sha256 of the source (MiB)", total) as advance:
+    total = sum(-(-os.path.getsize(f) // _BLOCK) for f in ck.files)
+    with rep.progress("sha256 of the source (16 MiB blocks)", total) as advance:
         sources = [dict(file=os.path.basename(f), bytes=os.path.getsize(f),
                         sha256=_sha256(f, advance)) for f in ck.files]
     n_params = int(sum(np.prod(v.shape) for v in jax.tree_util.tree_leaves(params)))
