@@ -330,3 +330,23 @@ def test_joint_channel_scores_are_the_logits_up_to_a_constant():
     sc_p = np.asarray(per.apply(v, h, x, 2, start, 256, method=PixelCNN.channel_scores))
     d = sc_j - sc_p
     assert np.max(np.abs(d - d[..., :1])) > 0.1
+
+
+def test_a_folder_with_one_checkpoint_and_an_existing_out(tmp_path):
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    for f in os.listdir(FIX):
+        if f.startswith("f4r1m3_v2.ckpt"):
+            shutil.copy(os.path.join(FIX, f), folder / f)
+    card = run_zoo_import_openai(str(folder), str(tmp_path / "a"))
+    assert card["source"]["format"] == "V2" and len(card["source"]["files"]) == 2
+    # a TensorFlow `checkpoint` state file picks among several
+    shutil.copy(ckpt("f4r1m3", "v1"), folder / "other.ckpt")
+    with pytest.raises(PxdError, match="2 checkpoints"):
+        run_zoo_import_openai(str(folder), str(tmp_path / "b"))
+    (folder / "checkpoint").write_text('model_checkpoint_path: "other.ckpt"\n')
+    assert run_zoo_import_openai(str(folder), str(tmp_path / "b"))["source"]["format"] == "V1"
+    before = sorted(os.listdir(tmp_path / "a"))
+    with pytest.raises(PxdError, match="already exists"):
+        run_zoo_import_openai(str(folder), str(tmp_path / "a"))
+    assert sorted(os.listdir(tmp_path / "a")) == before
