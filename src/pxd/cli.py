@@ -177,9 +177,7 @@ def zoo_cmd(
     from pxd.commands.zoo import run_zoo_export, run_zoo_import_openai, run_zoo_list
 
     if import_openai is not None:
-        if not out:
-            raise PxdError("--import-openai needs --out DIR")
-        run_zoo_import_openai(_config("ZooImportConfig", checkpoint=import_openai, out=out,
+        run_zoo_import_openai(_config("ZooImportConfig", checkpoint=import_openai, out=out or "",
                                       command=" ".join(["pxd"] + sys.argv[1:])), rep=rep)
         return
     if export is not None:

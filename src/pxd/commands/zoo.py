@@ -128,6 +128,8 @@ def run_zoo_import_openai(cfg: ZooImportConfig | str, out: str | None = None, *,
 
     ic = config_from(ZooImportConfig, cfg, "checkpoint", out=out, **options)
     rep = rep or Reporter(quiet=True)
+    if not ic.out:
+        raise PxdError("--import-openai needs --out DIR")
     dest = os.path.abspath(ic.out)
     if os.path.exists(dest):
         raise PxdError(f"--out {ic.out} already exists; give a new directory")
