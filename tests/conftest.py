@@ -76,7 +76,8 @@ def fashion() -> str | None:
 # ... (two busy cores). A file not listed runs after these.
 BY_COST = ("test_purify.py", "test_interrupt.py", "test_bench.py", "test_train_density.py",
            "test_distributed.py",
-           "test_certificates.py", "test_attacks.py", "test_pixelcnn.py", "test_api.py",
+           "test_certificates.py", "test_attacks.py", "test_pixelcnn.py", "test_openai_import.py",
+           "test_api.py",
            "test_ux.py", "test_cli.py", "test_clf.py", "test_zoo.py", "test_classifiers.py",
            "test_shipped.py", "test_configs.py", "test_data.py", "test_layout.py",
            "test_imageio.py")

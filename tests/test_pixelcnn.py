@@ -85,6 +85,16 @@ def test_causality_every_position_smoke(shape, over):
     _check_causal(model, params, shape, range(shape[0] * shape[1] * shape[2]))
 
 
+def test_causality_openai_wiring_and_joint_mixture():
+    # openai/pixel-cnn's dn-pass wiring (stage inputs read, one more dn block) and its joint
+    # mixture (channel c's weights read channels < c): still causal, every sub-pixel
+    shape = (8, 8, 3)
+    model = _model("smoke", 3, downsample=True, nr_stages=3, skips="inputs", mixture="joint")
+    params = _init(model, shape, seed=4)
+    assert len([k for k in params if k.startswith("u_dn_0_")]) == 2  # nr_resnet + 1
+    _check_causal(model, params, shape, range(8 * 8 * 3))
+
+
 @pytest.mark.parametrize("preset", ["cpu", "paper"])
 def test_causality_big_presets(preset):
     shape = (32, 32, 3)

@@ -39,7 +39,7 @@ def main() -> None:
         e = jnp.full((b,), a.eps, jnp.int32)
         fast_ips = b / _seconds(fast, d.params, x[:b], e)
         floor_ips = b / (2 * _seconds(feat, d.params, x[:b]))
-        print(f"batch {b}: fast {fast_ips:.1f} img/s, floor {floor_ips:.1f} img/s, "
+        print(f"batch {b}: fast {fast_ips:.3g} img/s, floor {floor_ips:.3g} img/s, "
               f"ratio {fast_ips / floor_ips:.2f}", flush=True)
 
 

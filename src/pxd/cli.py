@@ -163,6 +163,10 @@ def zoo_cmd(
         help="Also keep the run's training state (train-density/train-clf --resume-from).")]
     = False,
     data_dir: DataDir = None,
+    import_openai: Annotated[str | None, typer.Option(
+        "--import-openai", help="openai/pixel-cnn's PixelCNN++ checkpoint (V1 file or V2 "
+        "prefix) to write as a density model dir --out.")] = None,
+    out: Annotated[str | None, typer.Option(help="Directory for --import-openai.")] = None,
     json_out: Json = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -171,8 +175,12 @@ def zoo_cmd(
     if export is not None and not name:
         raise PxdError("--export needs --name")
     rep = _setup(None, False, quiet, json_out, verbose)
-    from pxd.commands.zoo import run_zoo_export, run_zoo_list
+    from pxd.commands.zoo import run_zoo_export, run_zoo_import_openai, run_zoo_list
 
+    if import_openai is not None:
+        run_zoo_import_openai(_config("ZooImportConfig", checkpoint=import_openai, out=out or "",
+                                      command=" ".join(["pxd"] + sys.argv[1:])), rep=rep)
+        return
     if export is not None:
         run_zoo_export(_config("ZooExportConfig", run_dir=export, name=name, default=default,
                                command=train_command, data_dir=data_dir,

@@ -1,4 +1,5 @@
-"""`pxd zoo`: list the shipped models; `--export` adds a trained run to the package's zoo."""
+"""`pxd zoo`: list the shipped models; `--export` adds a trained run to the package's zoo;
+`--import-openai` turns openai/pixel-cnn's PixelCNN++ checkpoint into a density model dir."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from pxd.commands.common import bpd_with_progress
 from pxd.configs.base import config_from
-from pxd.configs.commands import ZooExportConfig
+from pxd.configs.commands import ZooExportConfig, ZooImportConfig
 from pxd.engine.devices import machine
 from pxd.errors import PxdError
 from pxd.report.terminal import Reporter
@@ -97,3 +98,83 @@ def run_zoo_export(cfg: ZooExportConfig | str, name: str | None = None, *,
                       state=state)
     rep.info(f"exported {run_dir} -> zoo/{name}: {json.dumps(card)}")
     return full
+
+
+_BLOCK = 1 << 24
+
+
+def _sha256(path: str, advance) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while blob := f.read(_BLOCK):
+            h.update(blob)
+            advance(1)
+    return h.hexdigest()
+
+
+def run_zoo_import_openai(cfg: ZooImportConfig | str, out: str | None = None, *,
+                          rep: Reporter | None = None, **options) -> dict:
+    """Write openai/pixel-cnn's PixelCNN++ (its EMA weights when present) as a pxd density
+    model directory `out`: config.json, params.msgpack, meta.json, card.json (source files
+    and their sha256, format, the import command, date). Returns the card."""
+    import jax
+
+    from pxd.configs.pixelcnn import density_config
+    from pxd.models.pixelcnn import build_model
+    from pxd.storage import openai, tfckpt
+
+    ic = config_from(ZooImportConfig, cfg, "checkpoint", out=out, **options)
+    rep = rep or Reporter(quiet=True)
+    if not ic.out:
+        raise PxdError("--import-openai needs --out DIR")
+    dest = os.path.abspath(ic.out)
+    if os.path.exists(dest):
+        raise PxdError(f"--out {ic.out} already exists; give a new directory")
+    if not os.path.isdir(os.path.dirname(dest)):
+        raise PxdError(f"--out {ic.out}: its parent directory does not exist")
+    ck = tfckpt.Checkpoint(ic.checkpoint)
+    sizes = openai.infer_sizes(ck.shapes)
+    spec = openai.layers(*sizes)
+    with rep.progress(f"reading {os.path.basename(ck.files[0])}", len(spec)) as advance:
+        params, sizes, ema = openai.read_params(ck, advance)
+    model_opts = openai.model_options(*sizes)
+    dcfg = density_config("cifar10", "paper", model=model_opts)
+    model = build_model(dcfg.model, openai.CHANNELS)
+    template = jax.eval_shape(lambda: model.init(
+        {"params": jax.random.key(0)}, jax.numpy.zeros((1, 32, 32, 3), jax.numpy.uint8)))
+    openai.check_tree(params, template["params"])
+    total = sum(-(-os.path.getsize(f) // _BLOCK) for f in ck.files)
+    with rep.progress("sha256 of the source (16 MiB blocks)", total) as advance:
+        sources = [dict(file=os.path.basename(f), bytes=os.path.getsize(f),
+                        sha256=_sha256(f, advance)) for f in ck.files]
+    n_params = int(sum(np.prod(v.shape) for v in jax.tree_util.tree_leaves(params)))
+    card = dict(kind="density", default=False, dataset="cifar10", preset="paper",
+                what=f"PixelCNN++ from openai/pixel-cnn ({sizes[0]} filters, nr_resnet "
+                     f"{sizes[1]}, {sizes[2]} mixtures), imported",
+                source=dict(path=os.path.abspath(ic.checkpoint), format=ck.format,
+                            files=sources, weights="EMA" if ema else "raw (no EMA shadows)"),
+                import_command=ic.command or f"pxd zoo --import-openai {ic.checkpoint} "
+                                            f"--out {ic.out}",
+                imported=time.strftime("%Y-%m-%d"), params=n_params)
+    tmp = dest + ".tmp"
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.makedirs(tmp)
+        files.write_config(tmp, dcfg)
+        files.write_json(os.path.join(tmp, "meta.json"),
+                         dict(kind="density", dataset="cifar10", preset="paper",
+                              params=n_params, source="openai/pixel-cnn"),
+                         sort_keys=True, newline=False)
+        card["sha256"] = checkpoint.save_msgpack(os.path.join(tmp, "params.msgpack"), params)
+        files.write_json(os.path.join(tmp, "card.json"), card, sort_keys=True, newline=False)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rep.info(f"imported {ic.checkpoint} ({ck.format}, {'EMA' if ema else 'raw'} weights, "
+             f"{n_params:,} parameters) -> {ic.out}")
+    rep.json(card)
+    return card

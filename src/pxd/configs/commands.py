@@ -73,6 +73,17 @@ class ZooExportConfig:
 
 
 @dataclass(frozen=True)
+class ZooImportConfig:
+    """`pxd zoo --import-openai CKPT --out DIR`: openai/pixel-cnn's PixelCNN++ checkpoint
+    (V1 file or V2 prefix) as a pxd density model directory. Not saved: the directory's
+    config.json is the model's, its card.json records the source and this command."""
+
+    checkpoint: str
+    out: str
+    command: str = ""  # the command line, for the card
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     """`pxd bench`: Table 1. Lists stay as the user gave them ('all', '2,8,16'); the run
     parses them (`commands.bench.options`) and records the parsed values in results.json."""

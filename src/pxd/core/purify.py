@@ -263,15 +263,19 @@ def purify_unet(model: PixelCNN, params, x: jax.Array, eps, *, max_eps: int) -> 
     def col(a, j, n=1):
         return jax.lax.dynamic_slice_in_dim(a, j, n, axis=2)
 
+    def blocks(phase, s):
+        return nr if phase == "up" else model.dn_blocks(s)
+
     def zero_saves(stream, phase, s):
         """Zero rows shaped like one segment's convolution inputs (the image's top padding)."""
         extra = {("u", "up"): 0, ("u", "dn"): f, ("ul", "up"): f, ("ul", "dn"): 2 * f}
         extra = extra[(stream, phase)]
+        n = blocks(phase, s)
 
         def fn():
             xin = jnp.zeros((b, 1, widths[s], f), jnp.float32)
-            ex = [None if extra == 0 else jnp.zeros(xin.shape[:-1] + (extra,))] * nr
-            return seg(stream, phase, s, xin, ex, [None] * (2 * nr))[1]
+            ex = [None if extra == 0 else jnp.zeros(xin.shape[:-1] + (extra,))] * n
+            return seg(stream, phase, s, xin, ex, [None] * (2 * n))[1]
 
         return [jnp.zeros(q.shape, q.dtype) for q in jax.eval_shape(fn)]
 
@@ -285,7 +289,8 @@ def purify_unet(model: PixelCNN, params, x: jax.Array, eps, *, max_eps: int) -> 
         ctx_in=[zero_row],  # the ul input convolution's row above
         u_last=[zeros(s) for s in range(last)],        # u: last up-final row of stage s
         u_dnin=[zeros(s, 2) for s in range(last)],     # u: up-sampled rows from stage s+1
-        reads={f"{ph}{s}": [zeros(s)] * nr for ph in ("up", "dn") for s in range(stages)},
+        reads={f"{ph}{s}": [zeros(s)] * blocks(ph, s) for ph in ("up", "dn")
+               for s in range(stages)},
         ul_prev=[zeros(s, pad=1) for s in range(last)],  # ul: up-final row above (col -1 = 0)
         ul_dnin=[zeros(s, 2) for s in range(last)],      # ul: up-sampled from stage s+1
     )
@@ -305,7 +310,8 @@ def purify_unet(model: PixelCNN, params, x: jax.Array, eps, *, max_eps: int) -> 
             dn_in = jax.lax.dynamic_slice_in_dim(st["u_dnin"][s], i % 2, 1, axis=1)
         else:
             dn_in = ups[-1]
-        dns, st["ctx"][f"udn{s}"] = seg("u", "dn", s, dn_in, ups[::-1], st["ctx"][f"udn{s}"])
+        dns, st["ctx"][f"udn{s}"] = seg("u", "dn", s, dn_in, model.skips_for(s, u, ups),
+                                        st["ctx"][f"udn{s}"])
         st["reads"][f"up{s}"], st["reads"][f"dn{s}"] = ups, dns
         if s > 0:
             st["u_dnin"][s - 1] = call(PixelCNN.resample, "u", "up", s, dns[-1])
@@ -353,7 +359,8 @@ def purify_unet(model: PixelCNN, params, x: jax.Array, eps, *, max_eps: int) -> 
                 dn_in = jax.lax.dynamic_slice(pc["ul_dnin"][s], (0, i % 2, j, 0), (b, 1, 1, f))
             else:
                 dn_in = ups[-1]
-            extras = PixelCNN._dn_extras([col(q, j) for q in reads[f"dn{s}"]], ups)
+            extras = PixelCNN.dn_extras([col(q, j) for q in reads[f"dn{s}"]],
+                                        model.skips_for(s, ul, ups))
             dns = run(pc, f"uldn{s}", lambda ctx: seg("ul", "dn", s, dn_in, extras, ctx), j)
             if s == 0:
                 return pc, jax.nn.elu(dns[-1])

@@ -50,6 +50,19 @@ def _conditional_means(means, coeffs, xc):
     return jnp.stack([m_r, m_g, m_b], axis=-2)
 
 
+def _log_weights(logit_probs, lp_obs, joint: bool):
+    """Log mixture weights per channel, (..., C, M). lp_obs (..., C, M): each component's
+    log-probability of the observed channel values. Joint: channel c's weights are the
+    posterior given channels < c, so the channels' conditionals multiply to PixelCNN++'s
+    one-component-per-pixel likelihood; otherwise every channel uses the prior."""
+    if not joint:
+        return jax.nn.log_softmax(logit_probs, axis=-1)[..., None, :]
+    # sum over channels < c, built from those alone (exactly causal, not cumsum - own)
+    zero = jnp.zeros_like(lp_obs[..., :1, :])
+    before = jnp.concatenate([zero, jnp.cumsum(lp_obs[..., :-1, :], axis=-2)], axis=-2)
+    return jax.nn.log_softmax(logit_probs[..., None, :] + before, axis=-1)
+
+
 def _bin_logprob(v, mu, log_s):
     """log P(bin v) under a discretised logistic; v integer-valued array, stable everywhere.
 
@@ -69,7 +82,8 @@ def _bin_logprob(v, mu, log_s):
     return jnp.where(v <= 0, lo, jnp.where(v >= 255, hi, mid))
 
 
-def mixture_logits(raw: jax.Array, x: jax.Array, nr_mix: int) -> jax.Array:
+def mixture_logits(raw: jax.Array, x: jax.Array, nr_mix: int, *, joint: bool = False
+                   ) -> jax.Array:
     """The 256-way log-probabilities of every sub-pixel.
 
     raw: (B, H, W, P) head output; x: (B, H, W, C) values 0..255 (only channels
@@ -81,13 +95,15 @@ def mixture_logits(raw: jax.Array, x: jax.Array, nr_mix: int) -> jax.Array:
     mu = _conditional_means(means, coeffs, xc)  # (..., C, M)
     v = jnp.arange(256, dtype=jnp.float32)[:, None]  # (256, M)
     lp = _bin_logprob(v, mu[..., None, :], log_scales[..., None, :])  # (..., C, 256, M)
-    log_pi = jax.nn.log_softmax(logit_probs, axis=-1)[..., None, None, :]
+    obs = _bin_logprob(x.astype(jnp.float32)[..., None], mu, log_scales) if joint else None
+    log_pi = _log_weights(logit_probs, obs, joint)[..., None, :]
     logits = jax.nn.logsumexp(lp + log_pi, axis=-1)
     return jax.nn.log_softmax(logits, axis=-1)
 
 
 def mixture_channel_scores(
-    raw: jax.Array, x: jax.Array, c: int, start: jax.Array, k: int, nr_mix: int
+    raw: jax.Array, x: jax.Array, c: int, start: jax.Array, k: int, nr_mix: int, *,
+    joint: bool = False,
 ) -> jax.Array:
     """Unnormalised log-probabilities of channel c at values start, ..., start+k-1.
 
@@ -102,7 +118,8 @@ def mixture_channel_scores(
     xc = x.astype(jnp.float32) * (2.0 / 255.0) - 1.0
     # values on the minor axis, mixtures across rows, so that each mixture is one contiguous
     # row for _logsumexp_rows (as one vectorised call this layout also ran 4.7x faster)
-    mu = _conditional_means(means, coeffs, xc)[..., c, :, None]  # (..., M, 1)
+    mu_all = _conditional_means(means, coeffs, xc)
+    mu = mu_all[..., c, :, None]  # (..., M, 1)
     inv_s = jnp.exp(-log_scales[..., c, :, None])
     v = (start[..., None] + jnp.arange(k + 1, dtype=jnp.int32)).astype(jnp.float32)
     v = v[..., None, :]  # (..., 1, k+1)
@@ -116,8 +133,14 @@ def mixture_channel_scores(
     vals = v[..., :-1]
     lp = jnp.where(vals <= 0, upper_cdf,
                    jnp.where(vals >= 255, lower_sf, upper_cdf + lower_sf + width))
-    log_pi = jax.nn.log_softmax(logit_probs, axis=-1)[..., :, None]
-    return _logsumexp_rows(lp + log_pi)
+    if joint:  # weights from channels < c only (c may be traced)
+        obs = _bin_logprob(x.astype(jnp.float32)[..., None], mu_all, log_scales)
+        before = jnp.arange(channels)[:, None] < c
+        log_pi = jax.nn.log_softmax(logit_probs + jnp.sum(jnp.where(before, obs, 0.0), -2),
+                                    axis=-1)
+    else:
+        log_pi = jax.nn.log_softmax(logit_probs, axis=-1)
+    return _logsumexp_rows(lp + log_pi[..., :, None])
 
 
 def _logsumexp_rows(a: jax.Array) -> jax.Array:
@@ -129,7 +152,8 @@ def _logsumexp_rows(a: jax.Array) -> jax.Array:
     return jnp.log(functools.reduce(jnp.add, [jnp.exp(r - top) for r in rows])) + top
 
 
-def mixture_nll(raw: jax.Array, x: jax.Array, nr_mix: int) -> jax.Array:
+def mixture_nll(raw: jax.Array, x: jax.Array, nr_mix: int, *, joint: bool = False
+                ) -> jax.Array:
     """NLL (nats) at the observed values, (B, H, W, C).
 
     Equal to the softmax cross-entropy of `mixture_logits` (the bins partition the
@@ -141,8 +165,7 @@ def mixture_nll(raw: jax.Array, x: jax.Array, nr_mix: int) -> jax.Array:
     xc = xf * (2.0 / 255.0) - 1.0
     mu = _conditional_means(means, coeffs, xc)
     lp = _bin_logprob(xf[..., None], mu, log_scales)  # (..., C, M)
-    log_pi = jax.nn.log_softmax(logit_probs, axis=-1)[..., None, :]
-    return -jax.nn.logsumexp(lp + log_pi, axis=-1)
+    return -jax.nn.logsumexp(lp + _log_weights(logit_probs, lp, joint), axis=-1)
 
 
 def nll_from_logits(logits: jax.Array, x: jax.Array) -> jax.Array:

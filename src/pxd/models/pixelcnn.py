@@ -172,6 +172,15 @@ class PixelCNN(nn.Module):
     dropout: float = 0.5
     nr_mix: int = 10
     head: str = "mixture"
+    # How the dn blocks read the up pass. "outputs": dn block b of a stage reads up block
+    # nr-1-b's output. "inputs" (openai/pixel-cnn's wiring): the stage's input is also
+    # read, by one more dn block on every stage but the coarsest, whose first up output
+    # starts the dn pass instead of being read.
+    skips: str = "outputs"
+    # "channel": each channel its own mixture over the components' prior weights; "joint"
+    # (PixelCNN++ as published): one component for the pixel's three channels, so channel
+    # c weighs the components by how well they explained channels < c.
+    mixture: str = "channel"
 
     # --- inputs ---------------------------------------------------------------
     @staticmethod
@@ -190,12 +199,25 @@ class PixelCNN(nn.Module):
         Returns every block's output."""
         mode = "down" if stream == "u" else "downright"
         outs = []
-        for b in range(self.nr_resnet):
+        for b, extra in enumerate(extras):
             x = GatedResnet(self.nr_filters, mode, self.dropout, name=f"{stream}_{phase}_{s}_{b}")(
-                x, extras[b], ctx=ctx, saves=saves, train=train
+                x, extra, ctx=ctx, saves=saves, train=train
             )
             outs.append(x)
         return outs
+
+    def dn_blocks(self, s: int) -> int:
+        """How many dn blocks stage s has."""
+        extra = self.skips == "inputs" and s < self.nr_stages - 1
+        return self.nr_resnet + int(extra)
+
+    def skips_for(self, s: int, x_in, ups: list) -> list:
+        """What stage s's dn blocks read from the up pass, in dn-block order: the up blocks'
+        outputs last first, and with skips "inputs" the stage's input `x_in` too."""
+        if self.skips == "outputs":
+            return ups[::-1]
+        rev = ([x_in] + list(ups))[::-1]
+        return rev if s < self.nr_stages - 1 else rev[1:]
 
     def _down(self, stream, s, x, ctx=None, patch=False):
         """Stage s -> s+1 down-sampling."""
@@ -218,16 +240,18 @@ class PixelCNN(nn.Module):
         the up blocks' outputs (stage 0 first), then the dn blocks' (coarsest stage first)."""
         nr, resample = self.nr_resnet, self.downsample
         u = self._u_in(xs, ctx, saves)
-        ups, dns = [], []
+        ups, dns, ins = [], [], []
         for s in range(self.nr_stages):
             if s > 0 and resample:
                 u = self._down("u", s - 1, u)
+            ins.append(u)
             ups.append(self._blocks("u", "up", s, u, [None] * nr, ctx, saves, train))
             u = ups[-1][-1]
         for s in reversed(range(self.nr_stages)):
             if s < self.nr_stages - 1 and resample:
                 u = self._up("u", s + 1, u)
-            dns.append(self._blocks("u", "dn", s, u, ups[s][::-1], ctx, saves, train))
+            dns.append(self._blocks("u", "dn", s, u, self.skips_for(s, ins[s], ups[s]), ctx,
+                                    saves, train))
             u = dns[-1][-1]
         return [r for blk in ups + dns for r in blk]
 
@@ -244,27 +268,30 @@ class PixelCNN(nn.Module):
         return ul_v + CausalConv(self.nr_filters, "downright", name="ul_in_h")(xr, _next(ctx))
 
     @staticmethod
-    def _dn_extras(u_reads, skips):
-        """A dn stage's second inputs: the u stream's dn read beside the mirrored up skip."""
-        return [jnp.concatenate([u, k], -1) for u, k in zip(u_reads, skips[::-1], strict=True)]
+    def dn_extras(u_reads, skips):
+        """A ul dn stage's second inputs: the u stream's dn read beside the up-pass skip
+        (`skips` in dn-block order, from `skips_for`)."""
+        return [jnp.concatenate([u, k], -1) for u, k in zip(u_reads, skips, strict=True)]
 
     def _ul_stream(self, xs, xr, reads, ctx, saves, train, ul_v=None):
         """ul stream (pixel mode when ctx yields (row, left, j) tuples)."""
         nr, stages, resample = self.nr_resnet, self.nr_stages, self.downsample
         ul = self._ul_in(xs, xr, ctx, saves, ul_v)
-        ups = []
+        ups, ins = [], []
         for s in range(stages):
             if s > 0 and resample:
                 ul = self._down("ul", s - 1, ul)
+            ins.append(ul)
             ups.append(self._blocks("ul", "up", s, ul, reads[s * nr : (s + 1) * nr], ctx, saves,
                                     train))
             ul = ups[-1][-1]
-        for k, s in enumerate(reversed(range(stages))):
+        at = stages * nr  # the u stream's dn reads follow its up reads, coarsest stage first
+        for s in reversed(range(stages)):
             if s < stages - 1 and resample:
                 ul = self._up("ul", s + 1, ul)
-            u_dn = reads[(stages + k) * nr : (stages + k + 1) * nr]
-            ul = self._blocks("ul", "dn", s, ul, self._dn_extras(u_dn, ups[s]), ctx, saves,
-                              train)[-1]
+            u_dn, at = reads[at : at + self.dn_blocks(s)], at + self.dn_blocks(s)
+            extras = self.dn_extras(u_dn, self.skips_for(s, ins[s], ups[s]))
+            ul = self._blocks("ul", "dn", s, ul, extras, ctx, saves, train)[-1]
         return nn.elu(ul)
 
     # --- public methods -------------------------------------------------------
@@ -385,19 +412,20 @@ class PixelCNN(nn.Module):
     def _op_logits(self, h, x, *, train):
         if self.head == "mixture":
             raw = nn.Dense(self.nr_mix * (1 + 3 * self.channels), name="head")(h)
-            return mixture_logits(raw, x, self.nr_mix)
+            return mixture_logits(raw, x, self.nr_mix, joint=self.mixture == "joint")
         return jax.nn.log_softmax(self._softmax_logits(h, x), axis=-1)
 
     def _op_nll(self, h, x, *, train):
         if self.head == "mixture":
             raw = nn.Dense(self.nr_mix * (1 + 3 * self.channels), name="head")(h)
-            return mixture_nll(raw, x, self.nr_mix)
+            return mixture_nll(raw, x, self.nr_mix, joint=self.mixture == "joint")
         return nll_from_logits(self._softmax_logits(h, x), x)
 
     def _op_channel_scores(self, h, x, c, start, k, *, train):
         if self.head == "mixture":
             raw = nn.Dense(self.nr_mix * (1 + 3 * self.channels), name="head")(h)
-            return mixture_channel_scores(raw, x, c, start, k, self.nr_mix)
+            return mixture_channel_scores(raw, x, c, start, k, self.nr_mix,
+                                          joint=self.mixture == "joint")
         lg = self._softmax_logits(h, x)[..., c, :]
         idx = jnp.minimum(start[..., None] + jnp.arange(k), 255)
         return jnp.take_along_axis(lg, idx, axis=-1)
@@ -419,6 +447,9 @@ def build_model(model_cfg: dict, channels: int) -> PixelCNN:
     unknown = sorted(set(model_cfg) - names)
     if unknown:
         raise PxdError(f"unknown PixelCNN option(s): {', '.join(unknown)}")
+    for key, allowed in (("skips", ("outputs", "inputs")), ("mixture", ("channel", "joint"))):
+        if model_cfg.get(key, allowed[0]) not in allowed:
+            raise PxdError(f"PixelCNN option {key} must be one of {', '.join(allowed)}")
     return PixelCNN(channels=channels, **model_cfg)
 
 
