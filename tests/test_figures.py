@@ -123,3 +123,20 @@ def test_accuracy_panels_rejects_unknown_interval_style(tmp_path):
     with pytest.raises(ValueError):
         plots.accuracy_panels(str(tmp_path / "x.png"), [], intervals="lines")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_figures_without_adaptive_column_or_undefended_row(tmp_path):
+    info = _info()
+    info["columns"].remove("adaptive")
+    info["defences"] = ["pixeldefend"]
+    info["rows"] = info["rows"][1:]
+    for r in info["rows"]:
+        for part in ("acc", "ci95", "counts"):
+            del r[part]["adaptive"]
+    (panel,) = summary_series(info, "/zoo/toy-clf")
+    assert [ln["label"] for ln in panel["lines"]] == ["PixelDefend"]
+    paths = write_figures(str(tmp_path), info)
+    assert sorted(os.path.basename(p) for p in paths) == [
+        "acc_vs_eps_pixeldefend.png", "summary_toy-clf.png"]
+    for p in paths:
+        _is_png(p)
