@@ -63,3 +63,11 @@ def test_diff_names_each_differing_cell(tool, capsys):
     r["counts"]["adaptive"][8] = [k + 1, n]
     assert tool.diff(info, new) == [
         f"{r['name']} | adaptive | eps 8: committed {k}/{n}, this run {k + 1}/{n}"]
+
+
+def test_wrapped_prose_starts_no_markdown_block(tool):
+    # plain wrapping at 95 columns would start lines with "+ " and "- "
+    for text in ("x" * 90 + " abc + Feature Squeezing", "x" * 93 + " - y", "x" * 93 + " 1. z"):
+        out = tool._wrap(text)
+        assert " ".join(out.split()) == text
+        assert not [ln for ln in out.splitlines() if tool._BLOCK_START.match(ln)]

@@ -83,9 +83,17 @@ def render(info: dict, run: dict) -> dict[str, str]:
     return {"demo-time": _wrap(time_line), "demo-table": table_block}
 
 
+# A wrapped line must not start what Markdown reads as a list, heading, quote or rule.
+_BLOCK_START = re.compile(r"^([-+*]\s|\d+[.)]\s|#|>|[-=]+\s*$)")
+
+
 def _wrap(text: str) -> str:
-    return textwrap.fill(text.strip(), width=95, break_long_words=False,
-                         break_on_hyphens=False)
+    for width in range(95, 70, -1):
+        out = textwrap.fill(text.strip(), width=width, break_long_words=False,
+                            break_on_hyphens=False)
+        if not any(_BLOCK_START.match(ln) for ln in out.splitlines()):
+            return out
+    return " ".join(text.split())
 
 
 def _marked(name: str) -> re.Pattern:
@@ -145,7 +153,7 @@ def _take(src: str, wall_s: float, conditions: str, commit: str | None,
                commit=commit,
                wall_s=wall_s, conditions=conditions,
                how="`time make demo` in a fresh clone, after its `make venv`"
-               + (f" ({_mmss(venv_s)})" if venv_s is not None else ""))
+               + (f" of {_mmss(venv_s)}" if venv_s is not None else ""))
     from pxd.storage.files import write_json
 
     write_json(os.path.join(DEMO, "run.json"), run)

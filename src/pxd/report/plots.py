@@ -108,7 +108,7 @@ def _draw_panel(ax, panel: dict, intervals: str, handles: dict) -> None:
                         for t in ticks])
     lo_x = min(ticks) if ticks else 0
     hi_x = max(ticks) if ticks else 1
-    pad = max((hi_x - lo_x) * 0.06, 0.5)
+    pad = max((hi_x - lo_x) * 0.04, 0.4) + max(map(abs, shifts), default=0.0)
     ax.set_xlim(lo_x - pad, hi_x + pad)
     ax.set_ylim(-3, 103)
     ax.set_yticks(range(0, 101, 20))
