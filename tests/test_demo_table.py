@@ -71,3 +71,22 @@ def test_wrapped_prose_starts_no_markdown_block(tool):
         out = tool._wrap(text)
         assert " ".join(out.split()) == text
         assert not [ln for ln in out.splitlines() if tool._BLOCK_START.match(ln)]
+
+
+def test_take_records_a_run_and_rewrites_the_readme(tool, tmp_path, monkeypatch):
+    src = tmp_path / "demo-out"
+    src.mkdir()
+    for f in ("results.json", "report.md"):
+        shutil.copyfile(os.path.join(tool.DEMO, f), src / f)
+    readme = tmp_path / "README.md"
+    shutil.copyfile(tool.README, readme)
+    monkeypatch.setattr(tool, "DEMO", str(tmp_path / "demo"))
+    monkeypatch.setattr(tool, "README", str(readme))
+    assert tool.main(["--take", str(src), "--wall-s", "61", "--venv-s", "80",
+                      "--commit", "abc1234def", "--conditions", "an idle machine"]) == 0
+    run = json.loads((tmp_path / "demo" / "run.json").read_text())
+    assert run["wall_s"] == 61 and run["commit"] == "abc1234def"
+    blocks = tool.readme_blocks(readme.read_text())
+    assert blocks["demo-time"].startswith("`make demo` took **1 min 01 s**")
+    assert "commit abc1234" in " ".join(blocks["demo-table"].split())
+    assert tool.main(["--check"]) == 0

@@ -9,9 +9,10 @@
         # each cell of a fresh run that differs from docs/demo/results.json (exit 0: reported)
     python tools/demo_table.py --take demo-out --wall-s 281 --venv-s 80 --conditions "idle"
         # a new reference run: copy its results.json and report.md into docs/demo, record
-        # the `time make demo` wall seconds in run.json, then --write
+        # the `time make demo` wall seconds in run.json, and rewrite README.md (as --write)
 
-Regenerate after a change to the bench: `time make demo`, then --take and --write.
+After a change that moves a cell: `time make demo`, then --take; after editing docs/demo by
+hand or merging: --write.
 """
 
 from __future__ import annotations
@@ -176,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.wall_s is None:
             ap.error("--take needs --wall-s")
         _take(a.take, a.wall_s, a.conditions, a.commit, a.venv_s)
-        print(f"docs/demo/ now holds {a.take}'s run; run --write to update README.md")
-        return 0
+        print(f"docs/demo/ now holds {a.take}'s run; README.md rewritten from it")
+        a.write = True
     if a.diff:
         ref, new = _load(ref_path), _load(a.diff)
         lines = diff(ref, new)
