@@ -122,7 +122,8 @@ def accuracy_panels(path: str, panels: list[dict], *, title: str = "",
                     intervals: str = "bars", ncols: int | None = None,
                     note: str = "") -> None:
     """Panels side by side (sharing the y axis), one legend to the right of all of them.
-    intervals: 'bars' (lines shifted apart, 95% error bars) or 'bands' (shaded 95% bands)."""
+    intervals: 'bars' (95% error bars) or 'bands' (shaded 95% bands); either way the lines
+    are shifted slightly apart so that equal cells do not hide each other."""
     if intervals not in ("bars", "bands"):
         raise ValueError(f"intervals must be 'bars' or 'bands', not {intervals!r}")
     k = max(len(panels), 1)
