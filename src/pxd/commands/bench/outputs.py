@@ -129,6 +129,7 @@ def report_md(info: dict) -> str:
 
 def write_outputs(out: str, info: dict, x, y, per_image: dict, roc_by_eps: dict,
                    eps_list: list[int], rep: Reporter) -> None:
+    from pxd.commands.bench.figures import write_figures
     from pxd.report import plots
 
     files.write_json(os.path.join(out, "results.json"), jsonable(info))
@@ -141,17 +142,7 @@ def write_outputs(out: str, info: dict, x, y, per_image: dict, roc_by_eps: dict,
         w.writerow([i, int(y[i])] + [int(per_image[k][i]) if i < len(per_image[k]) else ""
                                      for k in names])
     files.write_text(os.path.join(out, "per_image.csv"), buf.getvalue())
-    for d in info["defences"]:
-        series = {}
-        rows = [r for r in info["rows"] if r["defence"] == d]
-        for r in rows:
-            for c in info["columns"]:
-                if c == "clean":
-                    continue
-                name = TITLES[c] if len(rows) == 1 else f"{r['name']}: {TITLES[c]}"
-                series[name] = [100 * r["acc"][c].get(e, float("nan")) for e in eps_list]
-        plots.accuracy_vs_eps(os.path.join(out, f"acc_vs_eps_{d}.png"), eps_list, series,
-                              title=f"defence: {d}")
+    write_figures(out, info)
     for e, curves in roc_by_eps.items():
         plots.roc_curves(os.path.join(out, f"roc_eps{e}.png"), curves,
                          title=f"bits/dim detector, eps {e} (clean negative)")
