@@ -216,3 +216,36 @@ def test_adaptive_column_reproducible(base, models, tmp_path):
             np.testing.assert_allclose(one_arrays[name]["x"], z["x"], rtol=3e-7, atol=0)
         else:
             assert np.array_equal(one_arrays[name]["x"], z["x"]), name
+
+
+@pytest.mark.slow
+def test_adaptive_bpda_reproducible_on_shipped_models(cifar):
+    """Issue 27's case: adaptive PixelDefend's BPDA on the shipped models, 16 images over two
+    devices. Before the fix the bits/dim gradient shared one XLA program with the purifier and
+    about every other call changed a shard's first image; four attacks must agree."""
+    import jax
+
+    from pxd.commands.bench.cache import seed_key
+    from pxd.core import adaptive
+    from pxd.core.purify import make_purifier
+    from pxd.engine import devices
+    from pxd.models.classifiers import make_logits_fn
+    from pxd.storage import data
+    from pxd.storage.runs import load_classifier, resolve_density
+
+    model, variables, _, _ = load_classifier("resnet-c10-normal")
+    lf = make_logits_fn(model, variables["params"], variables.get("batch_stats", {}))
+    dm, dp, _, _, _ = resolve_density(None, (32, 32, 3))
+    x, y = data.load("cifar10:test[:16]", cifar)
+    attack = adaptive.make_bpda_attack(
+        "adaptive-pixeldefend", density_model=dm, purify=make_purifier(dm, "auto", max_eps=16),
+        eps_defend=16, threshold=3.55, steps=5)
+    key = seed_key(0, "bpda", "adaptive-pixeldefend", 8)
+
+    def one(b, xb, yb, eb):
+        return attack(lf, dp, xb, yb, eb, jax.random.fold_in(key, b))
+
+    runs = [devices.map_batches(one, (x, y, np.full(16, 8, np.float32)), 32, indexed=True)
+            for _ in range(4)]
+    for r in runs[1:]:
+        assert np.array_equal(r, runs[0]), np.nonzero((r != runs[0]).reshape(16, -1).any(1))
