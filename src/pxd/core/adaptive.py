@@ -349,8 +349,9 @@ def make_bpda_attack(defence_name: str, *, density_model=None, purify: Callable 
     clean_first = defence_name == "adaptive-pixeldefend"
 
     # Adaptive PixelDefend's bits/dim gradient runs as its own program, never beside the
-    # purifier: in one program, XLA:CPU (jaxlib 0.10.2) returned, on some calls, a gradient
-    # whose first 960 floats of a batch (a shard's first image) differed (issue 27).
+    # purifier (which it does not depend on): in one program XLA:CPU (jaxlib 0.10.2, two
+    # devices) returned, on about half the calls, a gradient whose first 960 values on a
+    # device (ten rows of its first image) differed (issue 27). Each alone is reproducible.
     @jax.jit
     def bpd_grad(dparams, x):
         return bpd_and_grad(lambda z: density_bpd(density_model, dparams, z), x)
