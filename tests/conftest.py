@@ -74,7 +74,8 @@ def fashion() -> str | None:
 # Files slowest first, by their summed test times (`pytest --durations=0`, 2026-11-26):
 # purify ~320 s, interrupt 245, bench 220, train_density 180, certificates 160, attacks 150,
 # ... (two busy cores). A file not listed runs after these.
-BY_COST = ("test_purify.py", "test_interrupt.py", "test_bench.py", "test_train_density.py",
+BY_COST = ("test_purify.py", "test_interrupt.py", "test_bench.py", "test_bench_cache.py",
+           "test_train_density.py",
            "test_distributed.py",
            "test_certificates.py", "test_attacks.py", "test_pixelcnn.py", "test_openai_import.py",
            "test_api.py",

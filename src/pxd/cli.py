@@ -357,6 +357,9 @@ def bench(
         "--attack-opt", help="ATTACK.OPTION=VALUE, repeatable (e.g. cw.search_steps=2).")] = None,
     speed: Annotated[bool, typer.Option(
         "--speed", help="Throughput benchmark instead (make bench); --out FILE.json.")] = False,
+    reuse_stale_cache: Annotated[bool, typer.Option(
+        "--reuse-stale-cache", help="Reuse cached arrays made by older code (the report "
+        "says so) instead of recomputing them.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
     paper_images: Annotated[int, typer.Option(
         min=0, help="With --speed: batch for the paper preset's cached purify (0: skip; "
@@ -385,7 +388,7 @@ def bench(
         dataset=dataset, out=out, adaptive_steps=adaptive_steps, adaptive_n=adaptive_n,
         adaptive_bpd_weight=adaptive_bpd_weight, restarts=restarts, seed=seed,
         batch_size=batch_size, attack_opts=attack_opts, command=" ".join(["pxd"] + _ARGS),
-        data_dir=data_dir), rep=rep)
+        data_dir=data_dir, reuse_stale_cache=reuse_stale_cache), rep=rep)
 
 
 # --- end bench ---

@@ -107,6 +107,7 @@ class BenchConfig:
     attack_opts: dict | None = None  # {attack: {option: value}}
     command: str = ""  # the command line, for the report
     data_dir: str | None = None
+    reuse_stale_cache: bool = False  # serve cached arrays made by older code (reported)
 
 
 @dataclass(frozen=True)

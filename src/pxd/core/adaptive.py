@@ -145,15 +145,25 @@ def _unit(g: jax.Array) -> jax.Array:
     return g / (scale + 1e-30)
 
 
+def bpd_and_grad(bpd_fn: Callable[[jax.Array], jax.Array], x: jax.Array):
+    """(bits/dim (N,), its gradient at x): one vjp, each image's gradient its own."""
+    bpd, vjp = jax.vjp(bpd_fn, x)
+    (g_bpd,) = vjp(jnp.ones_like(bpd))
+    return bpd, g_bpd
+
+
 def adaptive_oracle(logits_fn: Callable, defence: Defence, bpd_fn: Callable[[jax.Array],
-                    jax.Array], threshold: float, weight: float = 1.0) -> Oracle:
-    """CE through BPDA(adaptive defence), pulled below the bits/dim threshold (see top)."""
+                    jax.Array], threshold: float, weight: float = 1.0,
+                    bpd_grad: Callable | None = None) -> Oracle:
+    """CE through BPDA(adaptive defence), pulled below the bits/dim threshold (see top).
+
+    `bpd_grad(x)`, when given, supplies `bpd_and_grad(bpd_fn, x)` computed elsewhere (the
+    host path runs it as its own program: see `make_bpda_attack`)."""
     base = ce_oracle(logits_fn, defence)
 
     def oracle(x, y):
         g_ce, ce, wrong = base(x, y)
-        bpd, vjp = jax.vjp(bpd_fn, x)
-        (g_bpd,) = vjp(jnp.ones_like(bpd))
+        bpd, g_bpd = bpd_grad(x) if bpd_grad is not None else bpd_and_grad(bpd_fn, x)
         over = (bpd > threshold).reshape((-1,) + (1,) * (x.ndim - 1))
         d = _unit(g_ce) - weight * jnp.where(over, _unit(g_bpd), 0.0)
         return d, ce - weight * jnp.maximum(bpd - threshold, 0.0), wrong
@@ -305,7 +315,7 @@ def make_bpda_attack(defence_name: str, *, density_model=None, purify: Callable 
     if defence_name not in _DEFENCES:
         raise ValueError(f"unknown defence {defence_name!r}")
 
-    def oracle_of(logits_fn, dparams) -> tuple[Oracle, bool]:
+    def oracle_of(logits_fn, dparams, pre=None) -> tuple[Oracle, bool]:
         if defence_name == "none":
             return ce_oracle(logits_fn, identity_defence), False
         if defence_name == "feature-squeeze":
@@ -317,7 +327,8 @@ def make_bpda_attack(defence_name: str, *, density_model=None, purify: Callable 
                                                    threshold)
             oracle = adaptive_oracle(logits_fn, defence,
                                      lambda z: density_bpd(density_model, dparams, z),
-                                     threshold, bpd_weight)
+                                     threshold, bpd_weight,
+                                     None if pre is None else lambda z: pre)
             return oracle, True
         raise ValueError(f"unknown defence {defence_name!r}")
 
@@ -328,22 +339,34 @@ def make_bpda_attack(defence_name: str, *, density_model=None, purify: Callable 
                         restarts=restarts, clean_first=clean_first)
 
     @jax.jit
-    def update(logits_fn, dparams, s, x0, y, e, a):
-        return bpda_update(oracle_of(logits_fn, dparams)[0], s, x0, y, e, a)
+    def update(logits_fn, dparams, s, x0, y, e, a, pre):
+        return bpda_update(oracle_of(logits_fn, dparams, pre)[0], s, x0, y, e, a)
 
     @jax.jit
-    def judge(logits_fn, dparams, s, y):
-        return _judge(oracle_of(logits_fn, dparams)[0], s, y)
+    def judge(logits_fn, dparams, s, y, pre):
+        return _judge(oracle_of(logits_fn, dparams, pre)[0], s, y)
 
     clean_first = defence_name == "adaptive-pixeldefend"
+
+    # Adaptive PixelDefend's bits/dim gradient runs as its own program, never beside the
+    # purifier (which it does not depend on): in one program XLA:CPU (jaxlib 0.10.2, two
+    # devices) returned, on about half the calls, a gradient whose first 960 values on a
+    # device (ten rows of its first image) differed (issue 27). Each alone is reproducible.
+    @jax.jit
+    def bpd_grad(dparams, x):
+        return bpd_and_grad(lambda z: density_bpd(density_model, dparams, z), x)
+
+    def pre_of(dparams, s):
+        return bpd_grad(dparams, s.x_adv) if clean_first else None
 
     def run(logits_fn, dparams, x, y, eps, key):
         if traced(logits_fn, dparams, x, y, eps, key):
             return traced_run(logits_fn, dparams, x, y, eps, key)
         return _bpda_pgd_host(
-            lambda s, x0, y, e, a: update(logits_fn, dparams, s, x0, y, e, a),
-            lambda s, y: judge(logits_fn, dparams, s, y), x, y, eps=eps, key=key,
-            steps=steps, alpha=alpha, restarts=restarts, random_start=True,
+            lambda s, x0, y, e, a: update(logits_fn, dparams, s, x0, y, e, a,
+                                          pre_of(dparams, s)),
+            lambda s, y: judge(logits_fn, dparams, s, y, pre_of(dparams, s)), x, y, eps=eps,
+            key=key, steps=steps, alpha=alpha, restarts=restarts, random_start=True,
             clean_first=clean_first, early_stop=True)
 
     return run

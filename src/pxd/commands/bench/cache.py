@@ -1,9 +1,11 @@
 """The bench's cache: every crafted, purified and scored array as an .npz under OUT/cache.
 
 File names carry the key (classifier digest, attack, eps, n, seed, batch size where results
-depend on it, a hash of the options); the fields stored beside `x` are checked on load, so a
-stale or unreadable file is recomputed. Keys depend only on (seed, what is computed), never on
-what else a run computes, so reruns and new columns reuse what exists.
+depend on it, a hash of the options); the fields stored beside `x` (inputs, models, settings,
+and the version of the code that made it) are checked on load, so a stale, unreadable,
+truncated or corrupt file is recomputed and replaced (atomically). Keys depend only on
+(seed, what is computed), never on what else a run computes, so reruns and new columns
+reuse what exists.
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 import zlib
 
 import numpy as np
 
+from pxd import __version__
 from pxd.commands.bench.paper import BATCH_DEPENDENT_ATTACKS
+from pxd.configs import versions
 from pxd.engine import devices
+from pxd.errors import PxdError
 from pxd.report.terminal import Reporter
 from pxd.storage import imageio
 
@@ -35,37 +41,79 @@ def opts_tag(opts: dict) -> str:
 
 
 class Cache:
-    """npz files under DIR/cache, validated by stored fields; counts hits and new files."""
+    """npz files under DIR/cache, validated by stored fields and by the version of the code
+    that made them (configs/versions.py and pxd's); counts, per kind, arrays reused, newly
+    computed, recomputed (stale or unreadable) and, with `reuse_stale`, stale ones reused."""
 
-    def __init__(self, root: str):
-        self.root = root
-        self.stats: dict[str, dict[str, int]] = {}
+    def __init__(self, root: str, *, reuse_stale: bool = False):
+        self.root, self.reuse_stale = root, reuse_stale
+        self.stats: dict[str, dict] = {}
         os.makedirs(root, exist_ok=True)
 
     @staticmethod
-    def _load(path: str, check: dict) -> np.ndarray | None:
-        if not os.path.exists(path):
+    def _read(path: str) -> dict | None:
+        """Every array of an npz file, or None if it is missing or cannot be read whole
+        (truncated, empty, bad CRC, not an npz, pickled objects)."""
+        if not os.path.isfile(path):
             return None
         try:
             with np.load(path, allow_pickle=False) as z:
-                if all(str(z[k]) == str(v) for k, v in check.items()):
-                    return z["x"]
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable or stale: recompute
-        return None
+                if not isinstance(z, np.lib.npyio.NpzFile):
+                    return None
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
+            return None  # unreadable: recompute and replace
+
+    def _load(self, kind: str, path: str, check: dict) -> tuple[str, np.ndarray | None, str]:
+        """(status, array, version that made it): status hit, stale (other code version),
+        stale_reused (the same, with reuse_stale), bad (unreadable) or miss."""
+        z = self._read(path)
+        if z is None or "x" not in z:
+            return ("bad" if os.path.lexists(path) else "miss"), None, ""
+        if any(k not in z or str(z[k]) != str(v) for k, v in check.items()):
+            return "miss", None, ""  # made from other inputs: recompute and replace
+        made = _version_tag(str(z["pxd_version"]) if "pxd_version" in z else "?",
+                            str(z["code_version"]) if "code_version" in z else "?")
+        if made == _version_tag(__version__, versions.CACHED[kind]):
+            return "hit", z["x"], made
+        return ("stale_reused", z["x"], made) if self.reuse_stale else ("stale", None, made)
 
     def get(self, kind: str, name: str, check: dict, compute) -> np.ndarray:
         path = os.path.join(self.root, name)
-        st = self.stats.setdefault(kind, {"hits": 0, "new": 0})
-        x = self._load(path, check)
+        st = self.stats.setdefault(kind, {"hits": 0, "new": 0, "stale": 0, "bad": 0,
+                                          "stale_reused": 0, "versions": {}})
+        status, x, made = self._load(kind, path, check)
         # several processes: all follow process 0's hit or miss (a miss runs collectives)
         if bool(devices.agree(x is not None)):
-            st["hits"] += 1
-            return x if x is not None else self._load(path, check)
+            if x is None:  # this process could not read what process 0 did
+                status, x, made = self._load(kind, path, check)
+            st["hits" if status == "hit" else "stale_reused"] += 1
+            st["versions"][made] = st["versions"].get(made, 0) + 1
+            return x
         x = compute()
-        imageio.write_npz(path, x=x, **{k: np.asarray(str(v)) for k, v in check.items()})
+        version = versions.CACHED[kind]
+        imageio.write_npz(path, x=x, pxd_version=np.asarray(__version__),
+                          code_version=np.asarray(str(version)),
+                          **{k: np.asarray(str(v)) for k, v in check.items()})
+        if status in ("stale", "bad"):
+            st[status] += 1
         st["new"] += 1
+        made = _version_tag(__version__, version)
+        st["versions"][made] = st["versions"].get(made, 0) + 1
         return x
+
+
+def _version_tag(pxd_version: str, code_version) -> str:
+    return f"pxd {pxd_version}, code v{code_version}"
+
+
+def check_cache_dir(out: str) -> str:
+    """OUT/cache, refused (one line, before anything is written) if it is not a folder."""
+    root = os.path.join(out, "cache")
+    if os.path.lexists(root) and not os.path.isdir(root):
+        raise PxdError(f"--out {out}: {root} exists and is not a folder (the bench keeps its "
+                       "cache there); move it away or choose another --out")
+    return root
 
 
 def craft_cached(cache: Cache, m: dict, attack: str, e: int, opts: dict, x: np.ndarray,

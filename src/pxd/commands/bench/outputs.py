@@ -120,11 +120,35 @@ def report_md(info: dict) -> str:
     bad = [c for c in info["consistency"] if not c["ok"]]
     L.append(f"- {len(info['consistency']) - len(bad)}/{len(info['consistency'])} PASS")
     L += [f"- **FAIL** {c['check']}" for c in bad]
-    L += ["", "## Adaptive attack", "", info["adaptive"]["method"], "",
-          "## Cache", "", "`cache/` holds every crafted, purified and scored array: "
-          + ", ".join(f"{k}: {v['new']} new, {v['hits']} reused"
-                      for k, v in info["cache"].items()), ""]
+    L += ["", "## Adaptive attack", "", info["adaptive"]["method"], ""]
+    L += cache_lines(info)
     return "\n".join(L) + "\n"
+
+
+def cache_lines(info: dict) -> list[str]:
+    """The report's account of its arrays: the code versions, what came from the cache."""
+    v = info.get("versions", {})
+    L = ["## Cache and code versions", "",
+         f"This run's code: pxd {v.get('pxd', '?')}; "
+         + ", ".join(f"{k} v{n}" for k, n in v.items() if k != "pxd")
+         + " (src/pxd/configs/versions.py).", "",
+         "`cache/` holds every crafted, purified and scored array, each with the versions "
+         "that made it; an array of other versions is recomputed"
+         + (" unless reused on request (--reuse-stale-cache)." if not
+            info.get("reuse_stale_cache") else
+            ". **This run was asked to reuse arrays made by older code "
+            "(--reuse-stale-cache).**"), ""]
+    for kind, st in info["cache"].items():
+        line = (f"- {kind}: {st['hits']} from the cache, {st['new']} computed "
+                f"({st.get('stale', 0)} of them replacing an older version's, "
+                f"{st.get('bad', 0)} an unreadable file's)")
+        if st.get("stale_reused"):
+            line += f"; **{st['stale_reused']} reused from older code**"
+        made = st.get("versions", {})
+        if made:
+            line += "; made by " + "; ".join(f"{m} ({c})" for m, c in sorted(made.items()))
+        L.append(line)
+    return L + [""]
 
 
 def write_outputs(out: str, info: dict, x, y, per_image: dict, roc_by_eps: dict,

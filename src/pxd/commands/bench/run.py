@@ -26,7 +26,8 @@ import time
 
 import numpy as np
 
-from pxd.commands.bench.cache import Cache, bpda_cached, craft_cached, digest
+from pxd import __version__
+from pxd.commands.bench.cache import Cache, bpda_cached, check_cache_dir, craft_cached, digest
 from pxd.commands.bench.options import parse_attacks, parse_defences, parse_eps_list
 from pxd.commands.bench.outputs import print_summary, write_outputs
 from pxd.commands.bench.paper import (
@@ -49,6 +50,7 @@ from pxd.commands.bench.rows import (
     row_counts,
     sanity_checks,
 )
+from pxd.configs import versions
 from pxd.configs.base import check_eps, from_dict
 from pxd.configs.commands import BenchConfig, SpeedConfig
 from pxd.configs.datasets import DATASETS
@@ -395,6 +397,7 @@ def run_bench(cfg: BenchConfig | None = None, *, rep: Reporter | None = None,
     p = plan(cfg)
     out = cfg.out
     imageio.check_writable(out, "--out", folder=True)
+    cache_dir = check_cache_dir(out)  # before anything is loaded or written
 
     models = _load_classifiers(list(cfg.clfs) if cfg.clfs else [None], cfg.dataset)
     dataset = cfg.dataset or models[0]["cfg"].dataset
@@ -407,7 +410,7 @@ def run_bench(cfg: BenchConfig | None = None, *, rep: Reporter | None = None,
     k_adapt = min(p.k_adapt, n)
     os.makedirs(out, exist_ok=True)
     files.write_config(out, cfg)
-    cache = Cache(os.path.join(out, "cache"))
+    cache = Cache(cache_dir, reuse_stale=cfg.reuse_stale_cache)
     timings: dict[str, float] = {}
 
     needs_density = any(d in p.defences for d in ("pixeldefend", "adaptive-pixeldefend"))
@@ -455,6 +458,8 @@ def run_bench(cfg: BenchConfig | None = None, *, rep: Reporter | None = None,
         density=None if dens is None else _density_info(dens),
         columns=columns, rows=t.rows, detection=t.detection, sanity=t.sanity,
         consistency=t.consistency, cache=cache.stats, timings=timings,
+        versions=dict(pxd=__version__, **versions.ALL),
+        reuse_stale_cache=bool(cfg.reuse_stale_cache),
     )
     write_outputs(out, info, x, y, t.per_image, t.roc_by_eps, p.eps, rep)
     print_summary(info, rep)
