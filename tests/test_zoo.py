@@ -172,6 +172,12 @@ def test_classifier_resume_from_a_zoo_entry_equals_the_uninterrupted_run(tmp_pat
     c = run_train_clf(cfg, str(tmp_path / "c"), resume_from=entry, keep_steps=True,
                       data_dir=cifar)
     assert c["step"] == 6 and c["complete"] and c["digest"] == a["digest"]
+    from pxd.storage import checkpoint
+
+    # the evaluation curve goes on across the export: the curve of a multi-session run
+    resumed, unbroken = (checkpoint.read_meta(str(tmp_path / d))["evals"] for d in "ca")
+    assert [e["step"] for e in resumed] == [3, 6]
+    assert [e["eval_acc"] for e in resumed] == [e["eval_acc"] for e in unbroken]
     with pytest.raises(PxdError, match="already holds a run"):
         run_train_clf(cfg, str(tmp_path / "c"), resume_from=entry, data_dir=cifar)
     with pytest.raises(PxdError, match="not a classifier"):

@@ -86,7 +86,8 @@ def export(run_dir: str, name: str, *, kind: str, default: bool, card: dict,
     os.makedirs(tmp)
     shutil.copy(os.path.join(run_dir, "config.json"), os.path.join(tmp, "config.json"))
     meta = checkpoint.read_meta(run_dir)
-    meta.pop("evals", None)
+    if state is None:
+        meta.pop("evals", None)  # kept with the state: a resumed run goes on with its curve
     files.write_json(os.path.join(tmp, "meta.json"), meta, sort_keys=True, newline=False)
     digest = checkpoint.save_msgpack(os.path.join(tmp, "params.msgpack"), params)
     full = dict(card, kind=kind, default=default, sha256=digest)
