@@ -19,6 +19,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+def _finite(opt: str, eps: bool = False):
+    """A callback refusing NaN and inf for a float option (they pass every range test),
+    and, for an epsilon, anything off the 0..255 integer scale; before any work starts."""
+    def check(value):
+        from pxd.configs.base import check_eps, check_finite
+
+        if value is not None:
+            if eps:
+                check_eps(value, opt)
+            else:
+                check_finite(value, opt)
+        return value
+
+    return check
+
+
 DataDir = Annotated[
     str | None,
     typer.Option("--data-dir", envvar="PXD_DATA_DIR",
@@ -40,7 +57,8 @@ Distributed = Annotated[
     typer.Option("--distributed", help="Multi-host: call jax.distributed.initialize()."),
 ]
 Steps = Annotated[int | None, typer.Option(min=1, help="Train this many steps.")]
-Epochs = Annotated[float | None, typer.Option(help="Train this many epochs.")]
+Epochs = Annotated[float | None, typer.Option(help="Train this many epochs.",
+                                               callback=_finite("--epochs"))]
 TrainBatch = Annotated[int | None, typer.Option(min=1, help="Global batch size.")]
 
 _ARGS: list[str] = []  # this invocation's arguments, recorded in reports
@@ -124,12 +142,13 @@ def purify(
     out: Annotated[str | None, typer.Option(
         "--out", help="Output .npz, written when complete (default: INPUT.purified.npz "
         "beside the input).")] = None,
-    eps: Annotated[float, typer.Option("--eps", min=0, max=255,
+    eps: Annotated[float, typer.Option("--eps", callback=_finite("--eps", eps=True),
                                        help="eps_defend on the 0-255 scale.")] = 16,
     method: Annotated[str, typer.Option(help="pixeldefend or feature-squeeze.")] = "pixeldefend",
     density: DensityOpt = None,
     adaptive_threshold: Annotated[float | None, typer.Option(
-        help="Adaptive PixelDefend: purify only images above this bits/dim.")] = None,
+        help="Adaptive PixelDefend: purify only images above this bits/dim.",
+        callback=_finite("--adaptive-threshold"))] = None,
     grid: Annotated[str | None, typer.Option(help="PNG: inputs above purified.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
     chunk: Annotated[int, typer.Option(min=1, help="Images per resumable chunk.")] = 256,
@@ -188,10 +207,12 @@ def train_density(
     epochs: Epochs = None,
     steps: Steps = None,
     hours: Annotated[float | None, typer.Option(
-        help="Budget in hours: steps from this machine's measured speed.")] = None,
+        help="Budget in hours: steps from this machine's measured speed.",
+        callback=_finite("--hours"))] = None,
     schedule: Annotated[str | None, typer.Option(
         help="Learning rate: cosine (to 0 at the budget) or exponential.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.",
+                                             callback=_finite("--lr"))] = None,
     init_from: Annotated[str | None, typer.Option(
         help="Start from this shipped model or run dir (fine-tune, same preset).")] = None,
     resume_from: Annotated[str | None, typer.Option(
@@ -242,7 +263,8 @@ def train_clf(
     steps: Steps = None,
     batch_size: TrainBatch = None,
     lr: Annotated[float | None, typer.Option(
-        help="Peak learning rate (e.g. lower for a warm start).")] = None,
+        help="Peak learning rate (e.g. lower for a warm start).",
+        callback=_finite("--lr"))] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     init_from: Annotated[str | None, typer.Option(
         help="Start from this classifier run dir or shipped model (warm start, same arch "
@@ -281,7 +303,8 @@ def attack_cmd(
     attack: Annotated[str, typer.Option(
         "--attack", help="rand, fgsm, bim, deepfool, cw or pgd.")] = "fgsm",
     eps: Annotated[float, typer.Option(
-        "--eps-attack", min=0, max=255, help="L-inf budget in pixel units (0..255).")] = 8.0,
+        "--eps-attack", callback=_finite("--eps-attack", eps=True),
+        help="L-inf budget in pixel units (0..255).")] = 8.0,
     out: Annotated[str | None, typer.Option(
         "--out", help="Output .npz (default: INPUT.ATTACK-epsE.npz beside the input).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 100,
@@ -323,11 +346,12 @@ def bench(
     defense: Annotated[str, typer.Option(
         "--defense", help="all or a comma list of none, feature-squeeze, pixeldefend, "
         "adaptive-pixeldefend.")] = "all",
-    eps_defend: Annotated[float, typer.Option(min=0, max=255,
+    eps_defend: Annotated[float, typer.Option(callback=_finite("--eps-defend", eps=True),
                                               help="eps_defend, 0-255 scale.")] = 16,
     adaptive_threshold: Annotated[float | None, typer.Option(
         help="Bits/dim above which adaptive PixelDefend purifies (default: mean clean "
-        "bits/dim of 256 held-out test images + 0.2).")] = None,
+        "bits/dim of 256 held-out test images + 0.2).",
+        callback=_finite("--adaptive-threshold"))] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="First N test images.")] = 100,
     dataset: Annotated[str | None, typer.Option(
         help="Dataset (default: the classifier's).")] = None,
@@ -337,7 +361,8 @@ def bench(
     adaptive_n: Annotated[int | None, typer.Option(
         min=1, help="Images for the adaptive column (default: 50, at most N).")] = 50,
     adaptive_bpd_weight: Annotated[float, typer.Option(
-        help="Weight of the bits/dim pull in the adaptive PixelDefend attack.")] = 1.0,
+        help="Weight of the bits/dim pull in the adaptive PixelDefend attack.",
+        callback=_finite("--adaptive-bpd-weight"))] = 1.0,
     restarts: Annotated[int, typer.Option(min=1, help="BPDA-PGD random restarts.")] = 1,
     attack_opt: Annotated[list[str] | None, typer.Option(
         "--attack-opt", help="ATTACK.OPTION=VALUE, repeatable (e.g. cw.search_steps=2).")] = None,
@@ -442,6 +467,9 @@ def main(argv: list[str] | None = None) -> None:
         old_handler = None
     code = 0
     try:
+        from pxd.configs.env import check_env
+
+        check_env()  # before JAX, which parses JAX_NUM_CPU_DEVICES at import
         rv = app(args=args, prog_name="pxd", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
     except PxdError as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any
@@ -39,7 +40,21 @@ def _check_type(name: str, value: Any, tp: Any) -> Any:
     if tp in (int, float, str, bool):
         if type(value) is not tp:
             raise PxdError(f"config key '{name}': expected {tp.__name__}, got {value!r}")
+        if tp is float and not math.isfinite(value):
+            raise PxdError(f"config key '{name}': must be a finite number, got {value!r}")
         return value
+    return value
+
+
+def check_finite(value, name: str):
+    """`value` if it is a finite number (NaN and inf pass every `<` test, so refuse them
+    where numbers enter); `name` is the option or argument named in the error."""
+    try:
+        ok = math.isfinite(value)
+    except (TypeError, ValueError):
+        raise PxdError(f"{name} must be a number, got {value!r}") from None
+    if not ok:
+        raise PxdError(f"{name} must be a finite number, got {value}")
     return value
 
 
@@ -110,6 +125,7 @@ def loads(cls, text: str):
 def check_eps(eps: float, name: str = "--eps") -> int:
     """An epsilon given on the 0..255 pixel scale, as the integer every purifier and attack
     uses; anything else is a one-line error naming the option."""
+    check_finite(eps, name)
     if eps < 0 or eps > 255:
         raise PxdError(f"{name} must be in [0, 255] (the 0-255 pixel scale), got {eps}")
     if eps != int(eps):

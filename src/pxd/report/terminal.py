@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from contextlib import contextmanager
@@ -19,6 +18,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+from pxd.configs.env import env_number
 
 
 class Reporter:
@@ -114,7 +115,7 @@ class Reporter:
     @contextmanager
     def _log_progress(self, description: str, total: int):
         """A line every PXD_PROGRESS_SECONDS (default 30) and at the end, with an ETA."""
-        every = float(os.environ.get("PXD_PROGRESS_SECONDS", "30"))
+        every = env_number("PXD_PROGRESS_SECONDS", 30.0)
         t0 = last = time.perf_counter()
         done = [0]
 
