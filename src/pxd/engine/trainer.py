@@ -10,6 +10,7 @@ uninterrupted run would have done from step s.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -113,7 +114,10 @@ def train(job, out: str, *, resume: bool = False, data_dir: str | None = None,
     `stop_after` ends the run after that many steps of this call (tests: a killed run).
     """
     rep = rep or Reporter(quiet=True)
-    checkpoint.check_run_dir(out, job.cfg, resume=resume)
+    started = checkpoint.check_run_dir(out, job.cfg, resume=resume)
+    if os.path.exists(os.path.join(out, "config.json")) and not started:
+        rep.info(f"{out} holds a run stopped before its first checkpoint: starting it again")
+    resume = resume and started
     job.check()
     train_data = job.load_data(data_dir)
     shape = next(iter(train_data.values())).shape[1:]

@@ -73,6 +73,26 @@ def atomic_path(path: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def deferred_sigint() -> Iterator[None]:
+    """Ctrl-C inside the block takes effect when it ends (the handler then runs as usual),
+    for saves that a half-way stop would leave broken; a no-op off the main thread."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if got and callable(old):
+            old(signal.SIGINT, None)
+
+
+@contextlib.contextmanager
 def atomic_open(path: str, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
     """`with atomic_open(p, "w") as f:` writes `p` all-or-nothing (see `atomic_path`)."""
     if not mode.startswith("w"):
