@@ -84,6 +84,7 @@ def _setup(devices: int | None, distributed: bool = False, quiet: bool = False,
     if verbose:
         quiet_third_party(False)
     dev.setup(devices, distributed)
+    _arm_interrupts()  # JAX is loaded: Ctrl-C may now stop the command where it is
     if distributed and dev.processes()[0] != 0:  # process 0 reports for all
         return Reporter(silent=True)
     return Reporter(quiet=quiet, json_mode=json_mode)
@@ -448,8 +449,24 @@ def _command_name(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+# Ctrl-C before a command has loaded JAX is held until it has (`_setup`): an exception
+# raised inside an extension module's initialisation (a C++ callback into Python) aborted
+# the process, or was swallowed and the command ran on.
+_SIGINT = {"armed": False, "pending": False}
+
+
 def _raise_interrupted(signum, frame):
+    if not _SIGINT["armed"]:
+        _SIGINT["pending"] = True
+        return
     raise Interrupted()
+
+
+def _arm_interrupts() -> None:
+    _SIGINT["armed"] = True
+    if _SIGINT["pending"]:
+        _SIGINT["pending"] = False
+        raise Interrupted()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -466,6 +483,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError:  # not the main thread: keep Python's KeyboardInterrupt
         old_handler = None
     code = 0
+    _SIGINT.update(armed=False, pending=False)
     try:
         from pxd.configs.env import check_env
 
@@ -513,4 +531,14 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
+    if _SIGINT["pending"] and code == 0:  # Ctrl-C held until the end: still an interrupt
+        print("pxd: interrupted", file=sys.stderr)
+        code = 130
+    if code == 130 and argv is None:
+        # The process ends here: skip the interpreter's teardown, which crashed (SIGSEGV)
+        # while XLA's threads still ran a compile that Ctrl-C had stopped waiting for.
+        # Files were cleaned up as the exception unwound; atomic writers leave no part.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
