@@ -181,6 +181,8 @@ def zoo_cmd(
     train_command: Annotated[str, typer.Option(help="How the run was trained (card).")] = "",
     with_state: Annotated[bool, typer.Option(
         help="Also keep the run's training state (train-density --resume-from).")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="With --export: replace the zoo's model of the same --name.")] = False,
     data_dir: DataDir = None,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -195,7 +197,7 @@ def zoo_cmd(
     if export is not None:
         run_zoo_export(_config("ZooExportConfig", run_dir=export, name=name, default=default,
                                command=train_command, data_dir=data_dir,
-                               with_state=with_state), rep=rep)
+                               with_state=with_state, overwrite=overwrite), rep=rep)
         return
     run_zoo_list(rep)
 
@@ -414,7 +416,9 @@ def quiet_third_party(quiet: bool = True) -> None:
     import logging
     import warnings
 
-    level = logging.ERROR if quiet else logging.NOTSET
+    # CRITICAL, not ERROR: orbax logs its failed background writes (e.g. a full disk) as
+    # ERROR tracebacks before pxd reports them as one line.
+    level = logging.CRITICAL if quiet else logging.NOTSET
     if quiet:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         warnings.filterwarnings("ignore")
@@ -423,7 +427,7 @@ def quiet_third_party(quiet: bool = True) -> None:
     try:  # absl's logger must be absl's own class, so import it before touching it
         import absl.logging
 
-        absl.logging.set_verbosity(absl.logging.ERROR if quiet else absl.logging.INFO)
+        absl.logging.set_verbosity(absl.logging.FATAL if quiet else absl.logging.INFO)
         absl.logging._warn_preinit_stderr = False
     except ImportError:
         pass
@@ -534,9 +538,10 @@ def main(argv: list[str] | None = None) -> None:
     if _SIGINT["pending"] and code == 0:  # Ctrl-C held until the end: still an interrupt
         print("pxd: interrupted", file=sys.stderr)
         code = 130
-    if code == 130 and argv is None:
+    if code in (2, 130) and argv is None:
         # The process ends here: skip the interpreter's teardown, which crashed (SIGSEGV)
-        # while XLA's threads still ran a compile that Ctrl-C had stopped waiting for.
+        # while XLA's threads still ran a compile that Ctrl-C had stopped waiting for, and
+        # printed tracebacks of tensorstore callbacks after a failed (disk full) save.
         # Files were cleaned up as the exception unwound; atomic writers leave no part.
         sys.stdout.flush()
         sys.stderr.flush()

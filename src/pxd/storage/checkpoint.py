@@ -11,6 +11,7 @@ of a run dir or of a shipped model (params.msgpack, whose sha256 is checked on l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from typing import Any
@@ -52,12 +53,32 @@ def save_state(run_dir: str, step: int, state: Any, keep: int = 2) -> None:
         remove_partial_saves(ckdir)
         if os.path.exists(path):
             shutil.rmtree(path)
-        ckptr = _checkpointer()
-        ckptr.save(path, state)
-        ckptr.wait_until_finished()
+        with _no_space_is_an_error(path, lambda: remove_partial_saves(ckdir)):
+            ckptr = _checkpointer()
+            ckptr.save(path, state)
+            ckptr.wait_until_finished()
         files.write_text(os.path.join(ckdir, "LATEST"), str(step))
         for s in saved_steps(run_dir)[:-keep]:
             shutil.rmtree(os.path.join(ckdir, f"step_{s}"), ignore_errors=True)
+
+
+# How tensorstore words the OSErrors of files.no_space_message (its own exception types)
+_NO_SPACE_WORDS = ("No space left", "File too large", "Disk quota", "Read-only file system")
+
+
+@contextlib.contextmanager
+def _no_space_is_an_error(path: str, clean):
+    """An orbax save that fails for want of space: its partial folder removed, one line."""
+    try:
+        yield
+    except Exception as e:
+        text = str(e)
+        word = next((w for w in _NO_SPACE_WORDS if w in text), None)
+        if word is None:
+            raise
+        clean()
+        raise PxdError(f"cannot write {path}: {word} (free some space or raise the file "
+                       "size limit, then rerun)") from None
 
 
 def saved_steps(run_dir: str) -> list[int]:
@@ -164,9 +185,15 @@ def save_params(path: str, params: Any) -> None:
     tmp = path + ".tmp"
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
-    ckptr = _checkpointer()
-    ckptr.save(tmp, params)
-    ckptr.wait_until_finished()
+    def clean():
+        for d in os.listdir(os.path.dirname(path)):
+            if d.startswith(os.path.basename(tmp)):
+                shutil.rmtree(os.path.join(os.path.dirname(path), d), ignore_errors=True)
+
+    with _no_space_is_an_error(path, clean):
+        ckptr = _checkpointer()
+        ckptr.save(tmp, params)
+        ckptr.wait_until_finished()
     old = path + ".old"
     if os.path.exists(path):
         os.replace(path, old)
