@@ -49,9 +49,10 @@ def _partial_state(part_dir: str, job: str) -> tuple[bool, bool]:
         return True, False
 
 
-def _read_chunk(path: str, xc: np.ndarray, with_bpd: bool) -> dict | None:
+def _read_chunk(path: str, xc: np.ndarray, with_bpd: bool, in_ball: bool) -> dict | None:
     """A finished chunk's arrays, or None when it is missing, unreadable or not this
-    chunk's (wrong members, shapes or types, outside the eps-ball): then it is recomputed.
+    chunk's (wrong members, shapes or types; PixelDefend's outside the eps-ball): then it
+    is recomputed.
     A chunk is written atomically, so only damage from outside makes it unreadable."""
     if not os.path.isfile(path):
         return None
@@ -66,8 +67,8 @@ def _read_chunk(path: str, xc: np.ndarray, with_bpd: bool) -> dict | None:
     xp, e = arrays["x"], arrays["eps"]
     if xp.dtype != np.uint8 or xp.shape != xc.shape or e.shape != (len(xc),):
         return None
-    if e.dtype.kind not in "iu" or (np.abs(xp.astype(int) - xc.astype(int)).reshape(
-            len(xc), -1).max(1) > e).any():
+    if e.dtype.kind not in "iu" or (in_ball and (np.abs(xp.astype(int) - xc.astype(int))
+                                             .reshape(len(xc), -1).max(1) > e).any()):
         return None
     if with_bpd and any(arrays[k].shape != (len(xc),) for k in ("bpd_before", "bpd_after")):
         return None
@@ -134,8 +135,8 @@ def run_purify(cfg: PurifyConfig | str, out: str | None = None, *,
     if not exists and resume:
         rep.info(f"nothing to resume at {part_dir}; starting")
     starts = range(0, n, chunk)
-    saved = [_read_chunk(p, x[i : i + chunk], dens is not None) if exists else None
-             for p, i in zip(paths, starts, strict=True)]
+    saved = [_read_chunk(p, x[i : i + chunk], dens is not None, method == "pixeldefend")
+             if exists else None for p, i in zip(paths, starts, strict=True)]
     done = devices.agree(np.array([c is not None for c in saved], bool))
     if files.primary():
         os.makedirs(part_dir, exist_ok=True)

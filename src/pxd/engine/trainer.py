@@ -126,10 +126,10 @@ def train(job, out: str, *, resume: bool = False, data_dir: str | None = None,
     job.prepare(params, model_state, train_data, key=key, rep=rep)
     cfg = job.cfg
     tx = job.optimizer()  # before config.json: a bad schedule leaves no run dir behind
-    files.write_config(out, cfg)
     state = init_state(params, model_state, tx)
-    if resume:
+    if resume:  # before config.json too: a damaged checkpoint leaves the run as it was
         _, state = checkpoint.restore_state(out, jax.device_get(state))
+    files.write_config(out, cfg)
     nparams = sum(a.size for a in jax.tree_util.tree_leaves(params))
     rep.info(job.header(nparams, int(state.step), len(jax.devices())))
     rep.info(config.to_json(cfg))
