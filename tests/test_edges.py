@@ -73,12 +73,24 @@ def test_deepfool_default_overshoot_as_called_by_default():
     ((6, 10), 31, True),   # low edge 31.27%: 31 is inside only with the +-0.5
     ((6, 10), 30, False),  # 30.5 < 31.27
     ((7, 10), 40, True),   # inside either way
+    ((5, 10), 77, False),  # high edge 76.34%: inside with a rule of +-1, not +-0.5
+    ((4, 10), 16, False),  # low edge 16.82%: the same on the low side
 ])
 def test_paper_cell_inside_our_interval_at_its_edges(count, paper, inside):
     k, n = count
     lo, hi = wilson(k, n)
     assert (round(100 * lo, 2), round(100 * hi, 2)) == {
-        (4, 10): (16.82, 68.73), (6, 10): (31.27, 83.18), (7, 10): (39.68, 89.22)}[count]
+        (4, 10): (16.82, 68.73), (5, 10): (23.66, 76.34), (6, 10): (31.27, 83.18),
+        (7, 10): (39.68, 89.22)}[count]
     ci = intervals({"clean": {2: [k, n], 8: [k, n], 16: [k, n]}})
     (check, _, _) = against_paper(ci, {"clean": f"{paper}/{paper}/{paper}"})
     assert check["inside"] is inside and check["paper"] == paper and check["eps"] == 2
+
+
+def test_paper_cell_exactly_half_a_percent_from_our_interval_is_inside():
+    """A printed 70 stands for [69.5, 70.5]%: an interval ending exactly at 69.5% or
+    starting exactly at 70.5% meets it (closed intervals on both sides)."""
+    assert 0.695 * 100 == 69.5 and 0.705 * 100 == 70.5  # exact in binary floating point
+    ci = {"clean": {2: [0.2, 0.695], 8: [0.705, 0.9], 16: [0.2, 0.694]}}
+    checks = against_paper(ci, {"clean": "70/70/70"})
+    assert [c["inside"] for c in checks] == [True, True, False]
