@@ -207,9 +207,11 @@ def test_bad_environment_numbers_are_one_line(files, tmp_path, monkeypatch, caps
 def test_good_environment_numbers_pass(monkeypatch):
     from pxd.configs.env import check_env, env_number
 
-    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", " 2")
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "1")  # the least value of each is allowed
     monkeypatch.setenv("PXD_PROGRESS_SECONDS", "0")
     check_env()
+    assert env_number("JAX_NUM_CPU_DEVICES") == 1
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", " 2")
     assert env_number("JAX_NUM_CPU_DEVICES") == 2
     assert env_number("PXD_PROGRESS_SECONDS") == 0.0
     monkeypatch.setenv("PXD_PROGRESS_SECONDS", "")  # empty: unset, for pxd's own variables
@@ -276,6 +278,7 @@ def test_zoo_export_name_is_validated_before_anything(scratch_zoo, tmp_path, mon
 def test_zoo_name_rule_in_the_storage_layer_too(scratch_zoo):
     z, _ = scratch_zoo
     assert zoo.check_name("my-model.v2_1") == "my-model.v2_1"
+    assert zoo.check_name("a" * 64) == "a" * 64  # the longest name allowed
     assert zoo.check_name("resnet-c10-normal", overwrite=True) == "resnet-c10-normal"
     (z / "stray").mkdir()  # a folder that is not an entry is never replaced
     for name, overwrite in (("..", True), (".", True), ("stray", True), ("a/../b", True)):
@@ -544,3 +547,34 @@ def test_ctrl_c_during_a_save_waits_for_it(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["LATEST", "step_7"]
     step, back = checkpoint.restore_state(str(tmp_path), state)
     assert step == 7 and np.array_equal(back["w"], state["w"])
+
+
+def test_cli_adaptive_threshold_at_the_top_score_purifies_nothing(tmp_path, monkeypatch,
+                                                                  capsys):
+    """`purify --adaptive-threshold T` leaves images scoring at or below T unchanged, as
+    the API does; at exactly the highest score, no image is purified (cheap: no purifier
+    runs), so a `>=` in place of `>` shows."""
+    monkeypatch.chdir(tmp_path)
+    x = RNG.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    np.savez("in.npz", x=x)
+    top = float(pxd.bits_per_dim(x).max())  # the default density, as purify's
+    code, out, err = pxd_main(["purify", "in.npz", "--adaptive-threshold", repr(top),
+                               "--out", "o.npz", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["purified_images"] == 0
+    with np.load("o.npz") as z:
+        np.testing.assert_array_equal(z["x"], x)
+        np.testing.assert_array_equal(z["eps"], [0, 0])
+
+
+def test_score_detection_figures_point_the_right_way(cifar, tmp_path, monkeypatch, capsys):
+    """Uniform noise against clean CIFAR-10 under the shipped PixelCNN: every noise image
+    scores above every clean one, so ROC AUC is exactly 1 and every p-value exactly 0 (a
+    swapped argument gives 0 and 1; `0 <= auc <= 1` alone let that through)."""
+    monkeypatch.chdir(tmp_path)
+    np.savez("noise.npz", x=RNG.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
+    code, out, err = pxd_main(["score", "noise.npz", "--reference", "cifar10:test[:6]",
+                               "--data-dir", cifar, "--json"], capsys)
+    assert code == 0, err
+    entry = json.loads(out)["inputs"]["noise.npz"]
+    assert entry["roc_auc"] == 1.0 and entry["p_values"] == [0.0, 0.0, 0.0]
