@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from pxd import __version__
-from pxd.errors import Interrupted, PxdError
+from pxd.errors import Interrupted, PxdError, arm_interrupts, interrupt_pending, on_sigint
 
 app = typer.Typer(
     add_completion=False,
@@ -21,8 +21,7 @@ app = typer.Typer(
 
 
 def _finite(opt: str, eps: bool = False):
-    """A callback refusing NaN and inf for a float option (they pass every range test),
-    and, for an epsilon, anything off the 0..255 integer scale; before any work starts."""
+    """A callback refusing NaN/inf (they pass range tests) and, for an eps, non-integers."""
     def check(value):
         from pxd.configs.base import check_eps, check_finite
 
@@ -79,12 +78,12 @@ def _check_lr(lr: float | None) -> None:
 def _setup(devices: int | None, distributed: bool = False, quiet: bool = False,
            json_mode: bool = False, verbose: bool = False):
     from pxd.engine import devices as dev
-    from pxd.report.terminal import Reporter
+    from pxd.report.terminal import Reporter, quiet_third_party
 
     if verbose:
         quiet_third_party(False)
     dev.setup(devices, distributed)
-    _arm_interrupts()  # JAX is loaded: Ctrl-C may now stop the command where it is
+    arm_interrupts()  # JAX is loaded: Ctrl-C may now stop the command where it is
     if distributed and dev.processes()[0] != 0:  # process 0 reports for all
         return Reporter(silent=True)
     return Reporter(quiet=quiet, json_mode=json_mode)
@@ -407,34 +406,6 @@ def bench(
 
 # --------------------------------------------------------------------------- entry point
 
-_NOISY_LOGGERS = ("absl", "jax", "jaxlib", "orbax", "etils", "tensorflow",
-                  "tensorflow_datasets", "matplotlib", "PIL")
-
-
-def quiet_third_party(quiet: bool = True) -> None:
-    """Keep other libraries' log lines and warnings off the terminal unless asked for."""
-    import logging
-    import warnings
-
-    # CRITICAL, not ERROR: orbax logs its failed background writes (e.g. a full disk) as
-    # ERROR tracebacks before pxd reports them as one line.
-    level = logging.CRITICAL if quiet else logging.NOTSET
-    if quiet:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        warnings.filterwarnings("ignore")
-    else:
-        warnings.resetwarnings()
-    try:  # absl's logger must be absl's own class, so import it before touching it
-        import absl.logging
-
-        absl.logging.set_verbosity(absl.logging.FATAL if quiet else absl.logging.INFO)
-        absl.logging._warn_preinit_stderr = False
-    except ImportError:
-        pass
-    for name in _NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(level)
-
-
 def _class_names(e: BaseException) -> set[str]:
     return {c.__name__ for c in type(e).__mro__}
 
@@ -453,41 +424,23 @@ def _command_name(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
-# Ctrl-C before a command has loaded JAX is held until it has (`_setup`): an exception
-# raised inside an extension module's initialisation (a C++ callback into Python) aborted
-# the process, or was swallowed and the command ran on.
-_SIGINT = {"armed": False, "pending": False}
-
-
-def _raise_interrupted(signum, frame):
-    if not _SIGINT["armed"]:
-        _SIGINT["pending"] = True
-        return
-    raise Interrupted()
-
-
-def _arm_interrupts() -> None:
-    _SIGINT["armed"] = True
-    if _SIGINT["pending"]:
-        _SIGINT["pending"] = False
-        raise Interrupted()
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input gives one line on stderr and exit 2, never a traceback;
     Ctrl-C gives `pxd: interrupted` and exit 130."""
     args = sys.argv[1:] if argv is None else list(argv)
     _ARGS[:] = args
     debug = os.environ.get("PXD_DEBUG") == "1"
+    from pxd.report.terminal import quiet_third_party
+
     quiet_third_party(not (debug or "--verbose" in args))
     cmd = _command_name(args)
     # Our own exception, not KeyboardInterrupt: typer turns that into a silent exit.
     try:
-        old_handler = signal.signal(signal.SIGINT, _raise_interrupted)
+        old_handler = signal.signal(signal.SIGINT, on_sigint)
     except ValueError:  # not the main thread: keep Python's KeyboardInterrupt
         old_handler = None
     code = 0
-    _SIGINT.update(armed=False, pending=False)
+    arm_interrupts(False)
     try:
         from pxd.configs.env import check_env
 
@@ -535,14 +488,12 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
-    if _SIGINT["pending"] and code == 0:  # Ctrl-C held until the end: still an interrupt
+    if interrupt_pending() and code == 0:  # Ctrl-C held until the end: still an interrupt
         print("pxd: interrupted", file=sys.stderr)
         code = 130
     if code in (2, 130) and argv is None:
-        # The process ends here: skip the interpreter's teardown, which crashed (SIGSEGV)
-        # while XLA's threads still ran a compile that Ctrl-C had stopped waiting for, and
-        # printed tracebacks of tensorstore callbacks after a failed (disk full) save.
-        # Files were cleaned up as the exception unwound; atomic writers leave no part.
+        # Skip the interpreter's teardown: it segfaulted under an XLA compile that Ctrl-C
+        # stopped, and printed tensorstore tracebacks after a failed (disk full) save.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
