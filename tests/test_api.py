@@ -150,3 +150,37 @@ def test_examples_run(script, needle, cifar):
                        env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert needle in r.stdout
+
+
+def test_adaptive_threshold_at_its_exact_value(smoke):
+    """"Images scoring at or below it are returned unchanged": an image whose bits/dim IS
+    the threshold stays as it was; one float step below it, it is purified."""
+    x, d = smoke["x"][:3], pxd.load_density(smoke["density"])
+    b = pxd.bits_per_dim(x, density=d)
+    lo, mid, hi = np.argsort(b)
+    assert b[lo] < b[mid] < b[hi]
+    full = pxd.purify(x, eps=8, density=d)
+    assert all(not np.array_equal(full[i], x[i]) for i in range(3))
+    out = pxd.purify(x, eps=8, density=d, adaptive_threshold=float(b[mid]))
+    np.testing.assert_array_equal(out[[lo, mid]], x[[lo, mid]])
+    np.testing.assert_array_equal(out[hi], full[hi])
+    below = float(np.nextafter(b[mid], np.float32(-np.inf)))
+    out = pxd.purify(x, eps=8, density=d, adaptive_threshold=below)
+    np.testing.assert_array_equal(out[lo], x[lo])
+    np.testing.assert_array_equal(out[[mid, hi]], full[[mid, hi]])
+
+
+def test_attack_defaults_as_a_user_calls_them(smoke):
+    """No options, no model, no eps: DeepFool's published overshoot (0.02) is what
+    `pxd.attack` uses (the default equals the explicit value; a default of 0 fails here,
+    tried 2026-12-01), on the shipped classifier attacked on its own predictions so that
+    DeepFool has work on every image; BIM's paper step count likewise (there, another
+    count is shown to give other images)."""
+    x = smoke["x"][:2]
+    y = pxd.load_classifier().predict(x)
+    np.testing.assert_array_equal(pxd.attack(x, y, "deepfool"),
+                                  pxd.attack(x, y, "deepfool", eps=8, overshoot=0.02))
+    c = pxd.load_classifier(smoke["clf"])
+    bim = pxd.attack(x, y, "bim", eps=4, clf=c)  # floor(min(4 + 4, 1.25 * 4)) = 5 steps
+    np.testing.assert_array_equal(bim, pxd.attack(x, y, "bim", eps=4, clf=c, steps=5))
+    assert not np.array_equal(bim, pxd.attack(x, y, "bim", eps=4, clf=c, steps=4))

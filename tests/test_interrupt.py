@@ -130,3 +130,23 @@ def test_bench_survives_sigint_and_sigkill(cifar, tmp_path):
         ref = json.load(f)
     assert got["rows"] == ref["rows"] and got["detection"] == ref["detection"]
     assert sum(v["hits"] for v in got["cache"].values()) >= n1  # the cache was reused
+
+
+def test_sigint_during_start_up_ends_cleanly(cifar, tmp_path):
+    """Ctrl-C while train-density imports JAX, sets up and compiles (it once aborted, was
+    lost, or segfaulted at exit): always 130, one line, no traceback, and at most the
+    run's config.json left (a rerun, with or without --resume, starts it again) or a
+    resumable run."""
+    for delay in (0.3, 1.0, 2.5):
+        out = str(tmp_path / f"run{delay}")
+        p = subprocess.Popen(PXD + ["train-density", "--preset", "smoke", "--steps", "30",
+                                    "--data-dir", cifar, "--out", out],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env=ENV)
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+        check_sigint(p.returncode, err)
+        assert "Fatal Python error" not in err, err
+        assert (not os.path.exists(out) or set(os.listdir(out)) <= {"config.json"}
+                or latest(out) > 0), os.listdir(out)  # nothing, a restartable or resumable run

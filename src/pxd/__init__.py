@@ -35,6 +35,12 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in __all__:
+        import sys
+
+        if "pxd.api" not in sys.modules:  # before JAX, which parses JAX_NUM_CPU_DEVICES
+            from pxd.configs.env import check_env
+
+            check_env()
         from pxd import api
 
         return getattr(api, name)

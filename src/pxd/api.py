@@ -112,12 +112,74 @@ def _images(images, shape: tuple[int, ...] | None = None, what: str = "model") -
     return x
 
 
+def _number(v, name: str, what: str = "a number"):
+    """`v` as a Python float if it is a real, finite number (a 0-d numpy array counts);
+    bools, strings, NaN and inf are refused."""
+    from pxd.configs.base import check_finite
+
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+        raise PxdError(f"{name} must be {what}, got {v!r}")
+    return float(check_finite(float(v), name))
+
+
 def _eps(eps, name: str = "eps") -> int:
-    if isinstance(eps, bool) or not isinstance(eps, int | float | np.integer | np.floating):
-        raise PxdError(f"{name} must be a number on the 0-255 scale, got {eps!r}")
     from pxd.configs.base import check_eps
 
-    return check_eps(float(eps), name)
+    return check_eps(_number(eps, name, "a number on the 0-255 scale"), name)
+
+
+# Each attack option's kind: ("int", least value), ("float", least value, strict), "bool".
+# None is allowed where the attack's default is None (steps, alpha, max_steps, num_classes).
+_OPTION_RULES = {
+    "steps": ("int", 1), "restarts": ("int", 1), "max_iter": ("int", 1),
+    "search_steps": ("int", 1), "max_iterations": ("int", 1), "max_steps": ("int", 1),
+    "num_classes": ("int", 2), "alpha": ("float", 0.0, True),
+    "overshoot": ("float", 0.0, False), "learning_rate": ("float", 0.0, True),
+    "initial_const": ("float", 0.0, True), "confidence": ("float", 0.0, False),
+    "random_start": "bool", "abort_early": "bool",
+}
+
+
+def check_attack_options(name: str, options: dict) -> dict:
+    """The options of attack `name`, each checked (known, of its type, in range): a bad
+    one is a PxdError naming it, before any work. The CLI's --attack-opt uses this too."""
+    import inspect
+
+    from pxd.core import attacks
+
+    if name not in attacks.ATTACKS:
+        raise PxdError(f"unknown attack '{name}' (choose from {', '.join(ATTACK_NAMES)})")
+    params = inspect.signature(attacks.ATTACKS[name]).parameters
+    allowed = [p for p, v in params.items() if v.kind == v.KEYWORD_ONLY
+               and p not in ("eps", "key")]
+    out = {}
+    for opt, v in options.items():
+        if opt not in allowed:
+            raise PxdError(f"attack {name}: no option {opt!r} "
+                           f"(options: {', '.join(allowed) or 'none'})")
+        rule = _OPTION_RULES.get(opt)
+        if v is None and params[opt].default is None:
+            out[opt] = None
+        elif rule == "bool":
+            if not isinstance(v, bool | np.bool_):
+                raise PxdError(f"attack {name}: {opt} must be true or false, got {v!r}")
+            out[opt] = bool(v)
+        elif rule is not None and rule[0] == "int":
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < rule[1]:
+                raise PxdError(f"attack {name}: {opt} must be an integer >= {rule[1]}, "
+                               f"got {v!r}")
+            out[opt] = int(v)
+        elif rule is not None:
+            f = _number(v, f"attack {name}: {opt}")
+            if f < rule[1] or (rule[2] and f == rule[1]):
+                raise PxdError(f"attack {name}: {opt} must be {'>' if rule[2] else '>='} "
+                               f"{rule[1]:g}, got {f:g}")
+            out[opt] = f
+        else:
+            out[opt] = v
+    return out
 
 
 def load_dataset(spec: str, *, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -240,14 +302,13 @@ def purify(images, eps=16, *, density: Density | str | None = None,
         if e_arr.shape != (len(x),):
             raise PxdError(f"eps: {e_arr.shape} values for {len(x)} images; give one number "
                            "or one per image")
-        per_image = np.array([_eps(v.item()) for v in e_arr], np.int32)
+        per_image = np.array([_eps(v) for v in e_arr], np.int32)
     e = int(per_image.max())
     _check_batch(batch_size)
     d = _density_for(density, x.shape[1:])
     if adaptive_threshold is not None:
-        if not isinstance(adaptive_threshold, int | float | np.integer | np.floating):
-            raise PxdError(f"adaptive_threshold must be a number (bits/dim), "
-                           f"got {adaptive_threshold!r}")
+        adaptive_threshold = _number(adaptive_threshold, "adaptive_threshold",
+                                     "a number (bits/dim)")
         bpd = bits_per_dim(x, density=d)
         per_image = np.where(bpd > adaptive_threshold, per_image, 0).astype(np.int32)
     if e == 0 or not np.any(per_image > 0):
@@ -282,6 +343,7 @@ def attack(images, labels, name: str = "bim", *, eps: float = 8,
 
     if name not in ATTACK_NAMES:
         raise PxdError(f"unknown attack '{name}' (choose from {', '.join(ATTACK_NAMES)})")
+    options = check_attack_options(name, options)
     x = _images(images)
     y = imageio._check_labels(np.asarray(labels), len(x), "labels")
     e = _eps(eps)
@@ -294,11 +356,8 @@ def attack(images, labels, name: str = "bim", *, eps: float = 8,
         raise PxdError(f"labels: {int(y.max())} is not a class of {c.config.dataset} "
                        f"(0..{k - 1})")
     key = jax.random.key(0) if key is None else key
-    try:
-        return np.asarray(craft(name, c.logits_fn, x, y, eps=float(e), key=key,
-                                batch_size=batch_size, on_batch=on_batch, **options))
-    except TypeError as err:  # an option the attack does not take
-        raise PxdError(f"attack {name}: {err}") from None
+    return np.asarray(craft(name, c.logits_fn, x, y, eps=float(e), key=key,
+                            batch_size=batch_size, on_batch=on_batch, **options))
 
 
 def roc_auc(clean_scores, suspect_scores) -> float:
@@ -306,11 +365,29 @@ def roc_auc(clean_scores, suspect_scores) -> float:
     probability a suspect outscores a clean image, ties counted half."""
     from pxd.core.metrics import roc_auc as _auc
 
-    return _auc(np.asarray(clean_scores), np.asarray(suspect_scores))
+    return _auc(_scores(clean_scores, "clean_scores"),
+                _scores(suspect_scores, "suspect_scores"))
 
 
 def p_values(clean_scores, scores) -> np.ndarray:
     """Per-image p-values: the fraction of clean reference scores at least as high."""
     from pxd.core.metrics import p_values as _p
 
-    return _p(np.asarray(clean_scores), np.asarray(scores))
+    return _p(_scores(clean_scores, "clean_scores"), _scores(scores, "scores"))
+
+
+def _scores(a, name: str) -> np.ndarray:
+    """A non-empty 1-D array of finite real scores, as float64."""
+    try:
+        arr = np.asarray(a)
+    except Exception as e:  # ragged lists and the like
+        raise PxdError(f"{name}: cannot be read as an array ({type(e).__name__})") from None
+    if arr.dtype.kind not in "uif":
+        raise PxdError(f"{name}: scores must be numbers, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise PxdError(f"{name}: expected one score per image, shape (N,), got {arr.shape}")
+    if arr.size == 0:
+        raise PxdError(f"{name}: no scores")
+    if not np.isfinite(arr).all():
+        raise PxdError(f"{name}: holds NaN or inf at index {int(np.argmin(np.isfinite(arr)))}")
+    return arr.astype(np.float64)

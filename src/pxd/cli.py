@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from pxd import __version__
-from pxd.errors import Interrupted, PxdError
+from pxd.errors import Interrupted, PxdError, arm_interrupts, interrupt_pending, on_sigint
 
 app = typer.Typer(
     add_completion=False,
@@ -18,6 +18,22 @@ app = typer.Typer(
     help="PixelDefend in JAX: train density models and classifiers, attack, purify, score.",
     pretty_exceptions_enable=False,
 )
+
+
+def _finite(opt: str, eps: bool = False):
+    """A callback refusing NaN/inf (they pass range tests) and, for an eps, non-integers."""
+    def check(value):
+        from pxd.configs.base import check_eps, check_finite
+
+        if value is not None:
+            if eps:
+                check_eps(value, opt)
+            else:
+                check_finite(value, opt)
+        return value
+
+    return check
+
 
 DataDir = Annotated[
     str | None,
@@ -40,7 +56,8 @@ Distributed = Annotated[
     typer.Option("--distributed", help="Multi-host: call jax.distributed.initialize()."),
 ]
 Steps = Annotated[int | None, typer.Option(min=1, help="Train this many steps.")]
-Epochs = Annotated[float | None, typer.Option(help="Train this many epochs.")]
+Epochs = Annotated[float | None, typer.Option(help="Train this many epochs.",
+                                               callback=_finite("--epochs"))]
 TrainBatch = Annotated[int | None, typer.Option(min=1, help="Global batch size.")]
 
 _ARGS: list[str] = []  # this invocation's arguments, recorded in reports
@@ -61,11 +78,12 @@ def _check_lr(lr: float | None) -> None:
 def _setup(devices: int | None, distributed: bool = False, quiet: bool = False,
            json_mode: bool = False, verbose: bool = False):
     from pxd.engine import devices as dev
-    from pxd.report.terminal import Reporter
+    from pxd.report.terminal import Reporter, quiet_third_party
 
     if verbose:
         quiet_third_party(False)
     dev.setup(devices, distributed)
+    arm_interrupts()  # JAX is loaded: Ctrl-C may now stop the command where it is
     if distributed and dev.processes()[0] != 0:  # process 0 reports for all
         return Reporter(silent=True)
     return Reporter(quiet=quiet, json_mode=json_mode)
@@ -124,12 +142,13 @@ def purify(
     out: Annotated[str | None, typer.Option(
         "--out", help="Output .npz, written when complete (default: INPUT.purified.npz "
         "beside the input).")] = None,
-    eps: Annotated[float, typer.Option("--eps", min=0, max=255,
+    eps: Annotated[float, typer.Option("--eps", callback=_finite("--eps", eps=True),
                                        help="eps_defend on the 0-255 scale.")] = 16,
     method: Annotated[str, typer.Option(help="pixeldefend or feature-squeeze.")] = "pixeldefend",
     density: DensityOpt = None,
     adaptive_threshold: Annotated[float | None, typer.Option(
-        help="Adaptive PixelDefend: purify only images above this bits/dim.")] = None,
+        help="Adaptive PixelDefend: purify only images above this bits/dim.",
+        callback=_finite("--adaptive-threshold"))] = None,
     grid: Annotated[str | None, typer.Option(help="PNG: inputs above purified.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
     chunk: Annotated[int, typer.Option(min=1, help="Images per resumable chunk.")] = 256,
@@ -160,8 +179,10 @@ def zoo_cmd(
     default: Annotated[bool, typer.Option(help="Make the exported model the default.")] = False,
     train_command: Annotated[str, typer.Option(help="How the run was trained (card).")] = "",
     with_state: Annotated[bool, typer.Option(
-        help="Also keep the run's training state (train-density/train-clf --resume-from).")]
+        help="Also keep the training state (train-density/train-clf --resume-from).")]
     = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="With --export: replace the zoo's model of the same --name.")] = False,
     data_dir: DataDir = None,
     import_openai: Annotated[str | None, typer.Option(
         "--import-openai", help="openai/pixel-cnn's PixelCNN++ checkpoint (V1 file or V2 "
@@ -184,7 +205,7 @@ def zoo_cmd(
     if export is not None:
         run_zoo_export(_config("ZooExportConfig", run_dir=export, name=name, default=default,
                                command=train_command, data_dir=data_dir,
-                               with_state=with_state), rep=rep)
+                               with_state=with_state, overwrite=overwrite), rep=rep)
         return
     run_zoo_list(rep)
 
@@ -197,10 +218,12 @@ def train_density(
     epochs: Epochs = None,
     steps: Steps = None,
     hours: Annotated[float | None, typer.Option(
-        help="Budget in hours: steps from this machine's measured speed.")] = None,
+        help="Budget in hours: steps from this machine's measured speed.",
+        callback=_finite("--hours"))] = None,
     schedule: Annotated[str | None, typer.Option(
         help="Learning rate: cosine (to 0 at the budget) or exponential.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.",
+                                             callback=_finite("--lr"))] = None,
     init_from: Annotated[str | None, typer.Option(
         help="Start from this shipped model or run dir (fine-tune, same preset).")] = None,
     resume_from: Annotated[str | None, typer.Option(
@@ -251,7 +274,8 @@ def train_clf(
     steps: Steps = None,
     batch_size: TrainBatch = None,
     lr: Annotated[float | None, typer.Option(
-        help="Peak learning rate (e.g. lower for a warm start).")] = None,
+        help="Peak learning rate (e.g. lower for a warm start).",
+        callback=_finite("--lr"))] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     init_from: Annotated[str | None, typer.Option(
         help="Start from this classifier run dir or shipped model (warm start, same arch "
@@ -295,7 +319,8 @@ def attack_cmd(
     attack: Annotated[str, typer.Option(
         "--attack", help="rand, fgsm, bim, deepfool, cw or pgd.")] = "fgsm",
     eps: Annotated[float, typer.Option(
-        "--eps-attack", min=0, max=255, help="L-inf budget in pixel units (0..255).")] = 8.0,
+        "--eps-attack", callback=_finite("--eps-attack", eps=True),
+        help="L-inf budget in pixel units (0..255).")] = 8.0,
     out: Annotated[str | None, typer.Option(
         "--out", help="Output .npz (default: INPUT.ATTACK-epsE.npz beside the input).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 100,
@@ -337,11 +362,12 @@ def bench(
     defense: Annotated[str, typer.Option(
         "--defense", help="all or a comma list of none, feature-squeeze, pixeldefend, "
         "adaptive-pixeldefend.")] = "all",
-    eps_defend: Annotated[float, typer.Option(min=0, max=255,
+    eps_defend: Annotated[float, typer.Option(callback=_finite("--eps-defend", eps=True),
                                               help="eps_defend, 0-255 scale.")] = 16,
     adaptive_threshold: Annotated[float | None, typer.Option(
         help="Bits/dim above which adaptive PixelDefend purifies (default: mean clean "
-        "bits/dim of 256 held-out test images + 0.2).")] = None,
+        "bits/dim of 256 held-out test images + 0.2).",
+        callback=_finite("--adaptive-threshold"))] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="First N test images.")] = 100,
     dataset: Annotated[str | None, typer.Option(
         help="Dataset (default: the classifier's).")] = None,
@@ -351,7 +377,8 @@ def bench(
     adaptive_n: Annotated[int | None, typer.Option(
         min=1, help="Images for the adaptive column (default: 50, at most N).")] = 50,
     adaptive_bpd_weight: Annotated[float, typer.Option(
-        help="Weight of the bits/dim pull in the adaptive PixelDefend attack.")] = 1.0,
+        help="Weight of the bits/dim pull in the adaptive PixelDefend attack.",
+        callback=_finite("--adaptive-bpd-weight"))] = 1.0,
     restarts: Annotated[int, typer.Option(min=1, help="BPDA-PGD random restarts.")] = 1,
     attack_opt: Annotated[list[str] | None, typer.Option(
         "--attack-opt", help="ATTACK.OPTION=VALUE, repeatable (e.g. cw.search_steps=2).")] = None,
@@ -396,32 +423,6 @@ def bench(
 
 # --------------------------------------------------------------------------- entry point
 
-_NOISY_LOGGERS = ("absl", "jax", "jaxlib", "orbax", "etils", "tensorflow",
-                  "tensorflow_datasets", "matplotlib", "PIL")
-
-
-def quiet_third_party(quiet: bool = True) -> None:
-    """Keep other libraries' log lines and warnings off the terminal unless asked for."""
-    import logging
-    import warnings
-
-    level = logging.ERROR if quiet else logging.NOTSET
-    if quiet:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        warnings.filterwarnings("ignore")
-    else:
-        warnings.resetwarnings()
-    try:  # absl's logger must be absl's own class, so import it before touching it
-        import absl.logging
-
-        absl.logging.set_verbosity(absl.logging.ERROR if quiet else absl.logging.INFO)
-        absl.logging._warn_preinit_stderr = False
-    except ImportError:
-        pass
-    for name in _NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(level)
-
-
 def _class_names(e: BaseException) -> set[str]:
     return {c.__name__ for c in type(e).__mro__}
 
@@ -440,25 +441,27 @@ def _command_name(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
-def _raise_interrupted(signum, frame):
-    raise Interrupted()
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input gives one line on stderr and exit 2, never a traceback;
     Ctrl-C gives `pxd: interrupted` and exit 130."""
     args = sys.argv[1:] if argv is None else list(argv)
     _ARGS[:] = args
     debug = os.environ.get("PXD_DEBUG") == "1"
+    from pxd.report.terminal import quiet_third_party
+
     quiet_third_party(not (debug or "--verbose" in args))
     cmd = _command_name(args)
     # Our own exception, not KeyboardInterrupt: typer turns that into a silent exit.
     try:
-        old_handler = signal.signal(signal.SIGINT, _raise_interrupted)
+        old_handler = signal.signal(signal.SIGINT, on_sigint)
     except ValueError:  # not the main thread: keep Python's KeyboardInterrupt
         old_handler = None
     code = 0
+    arm_interrupts(False)
     try:
+        from pxd.configs.env import check_env
+
+        check_env()  # before JAX, which parses JAX_NUM_CPU_DEVICES at import
         rv = app(args=args, prog_name="pxd", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
     except PxdError as e:
@@ -502,4 +505,13 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
+    if interrupt_pending() and code == 0:  # Ctrl-C held until the end: still an interrupt
+        print("pxd: interrupted", file=sys.stderr)
+        code = 130
+    if code in (2, 130) and argv is None:
+        # Skip the interpreter's teardown: it segfaulted under an XLA compile that Ctrl-C
+        # stopped, and printed tensorstore tracebacks after a failed (disk full) save.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)

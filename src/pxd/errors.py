@@ -7,3 +7,29 @@ class PxdError(Exception):
 
 class Interrupted(BaseException):  # noqa: N818
     """Ctrl-C (SIGINT): a BaseException so that no `except Exception` swallows it."""
+
+
+# Ctrl-C before a command has loaded JAX is held until it has (the CLI arms it then): an
+# exception raised inside an extension module's initialisation (a C++ callback into Python)
+# aborted the process, or was swallowed and the command ran on.
+_SIGINT = {"armed": False, "pending": False}
+
+
+def on_sigint(signum, frame) -> None:
+    """The CLI's SIGINT handler: Interrupted once armed, else remembered."""
+    if not _SIGINT["armed"]:
+        _SIGINT["pending"] = True
+        return
+    raise Interrupted()
+
+
+def arm_interrupts(armed: bool = True) -> None:
+    """Arm (a held Ctrl-C is raised now) or, with False, disarm and forget one."""
+    _SIGINT["armed"] = armed
+    pending, _SIGINT["pending"] = _SIGINT["pending"], False
+    if armed and pending:
+        raise Interrupted()
+
+
+def interrupt_pending() -> bool:
+    return _SIGINT["pending"]

@@ -49,6 +49,32 @@ def _partial_state(part_dir: str, job: str) -> tuple[bool, bool]:
         return True, False
 
 
+def _read_chunk(path: str, xc: np.ndarray, with_bpd: bool, in_ball: bool) -> dict | None:
+    """A finished chunk's arrays, or None when it is missing, unreadable or not this
+    chunk's (wrong members, shapes or types; PixelDefend's outside the eps-ball): then it
+    is recomputed.
+    A chunk is written atomically, so only damage from outside makes it unreadable."""
+    if not os.path.isfile(path):
+        return None
+    keys = {"x", "eps"} | ({"bpd_before", "bpd_after"} if with_bpd else set())
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if set(z.files) != keys:
+                return None
+            arrays = {k: z[k] for k in keys}
+    except Exception:  # zip/CRC/header errors of a damaged file: recompute it
+        return None
+    xp, e = arrays["x"], arrays["eps"]
+    if xp.dtype != np.uint8 or xp.shape != xc.shape or e.shape != (len(xc),):
+        return None
+    if e.dtype.kind not in "iu" or (in_ball and (np.abs(xp.astype(int) - xc.astype(int))
+                                             .reshape(len(xc), -1).max(1) > e).any()):
+        return None
+    if with_bpd and any(arrays[k].shape != (len(xc),) for k in ("bpd_before", "bpd_after")):
+        return None
+    return arrays
+
+
 def _job_id(x: np.ndarray, settings: dict) -> str:
     h = hashlib.sha256(np.ascontiguousarray(x).tobytes())
     h.update(json.dumps(settings, sort_keys=True).encode())
@@ -108,20 +134,28 @@ def run_purify(cfg: PurifyConfig | str, out: str | None = None, *,
         exists = False
     if not exists and resume:
         rep.info(f"nothing to resume at {part_dir}; starting")
-    done = devices.agree(np.array([exists and os.path.exists(p) for p in paths], bool))
+    starts = range(0, n, chunk)
+    saved = [_read_chunk(p, x[i : i + chunk], dens is not None, method == "pixeldefend")
+             if exists else None for p, i in zip(paths, starts, strict=True)]
+    done = devices.agree(np.array([c is not None for c in saved], bool))
     if files.primary():
         os.makedirs(part_dir, exist_ok=True)
-    files.write_json(os.path.join(part_dir, "job.json"), {"job": job, **settings})
+    try:
+        files.write_json(os.path.join(part_dir, "job.json"), {"job": job, **settings})
+    except PxdError:
+        if files.primary() and not any(done):
+            shutil.rmtree(part_dir, ignore_errors=True)
+        raise
 
     t0 = time.perf_counter()
     done_imgs = 0
     parts = []
     with rep.progress("purify", total=n) as advance:
-        for k, start in enumerate(range(0, n, chunk)):
+        for k, start in enumerate(starts):
             path = paths[k]
             xc = x[start : start + chunk]
             if done[k]:
-                parts.append(dict(np.load(path, allow_pickle=False)))
+                parts.append(saved[k])
                 advance(len(xc))
                 continue
             tc = time.perf_counter()
@@ -141,7 +175,12 @@ def run_purify(cfg: PurifyConfig | str, out: str | None = None, *,
             arrays = {"x": xp, "eps": eps_used}
             if bpd_before is not None:
                 arrays.update(bpd_before=bpd_before, bpd_after=bpd_after)
-            imageio.write_npz(path, **arrays)
+            try:
+                imageio.write_npz(path, **arrays)
+            except PxdError:  # e.g. a full disk: leave no folder that holds no chunk
+                if files.primary() and not any(done) and k == 0:
+                    shutil.rmtree(part_dir, ignore_errors=True)
+                raise
             parts.append(arrays)
             done_imgs += len(xc)
             advance(len(xc), **{"img/s": len(xc) / (time.perf_counter() - tc)})

@@ -50,7 +50,7 @@ def exported_step(run_dir: str, meta: dict) -> int | None:
 
 
 def run_zoo_export(cfg: ZooExportConfig | str, name: str | None = None, *,
-                   rep: Reporter | None = None, zoo_dir: str = zoo.ZOO_DIR,
+                   rep: Reporter | None = None, zoo_dir: str | None = None,
                    **options) -> dict:
     """Measure a run on its full test split and copy its inference parameters into the zoo;
     `with_state` also keeps its latest training state for train-density/train-clf
@@ -60,6 +60,7 @@ def run_zoo_export(cfg: ZooExportConfig | str, name: str | None = None, *,
     run_dir, name, default, command = ec.run_dir, ec.name, ec.default, ec.command
     data_dir, with_state = ec.data_dir, ec.with_state
     rep = rep or Reporter(quiet=True)
+    zoo.check_name(name, zoo_dir, overwrite=ec.overwrite)  # before minutes of measuring
     if not os.path.exists(os.path.join(run_dir, "config.json")):
         raise PxdError(f"{run_dir} is not a pxd run directory")
     kind = _kind(run_dir)
@@ -95,7 +96,7 @@ def run_zoo_export(cfg: ZooExportConfig | str, name: str | None = None, *,
 
         _, state = checkpoint.restore_state(run_dir, template_state(cfg))
     full = zoo.export(run_dir, name, kind=kind, default=default, card=card, zoo_dir=zoo_dir,
-                      state=state)
+                      state=state, overwrite=ec.overwrite)
     rep.info(f"exported {run_dir} -> zoo/{name}: {json.dumps(card)}")
     return full
 

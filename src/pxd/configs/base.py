@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any
@@ -39,7 +40,21 @@ def _check_type(name: str, value: Any, tp: Any) -> Any:
     if tp in (int, float, str, bool):
         if type(value) is not tp:
             raise PxdError(f"config key '{name}': expected {tp.__name__}, got {value!r}")
+        if tp is float and not math.isfinite(value):
+            raise PxdError(f"config key '{name}': must be a finite number, got {value!r}")
         return value
+    return value
+
+
+def check_finite(value, name: str):
+    """`value` if it is a finite number (NaN and inf pass every `<` test, so refuse them
+    where numbers enter); `name` is the option or argument named in the error."""
+    try:
+        ok = math.isfinite(value)
+    except (TypeError, ValueError):
+        raise PxdError(f"{name} must be a number, got {value!r}") from None
+    if not ok:
+        raise PxdError(f"{name} must be a finite number, got {value}")
     return value
 
 
@@ -110,8 +125,52 @@ def loads(cls, text: str):
 def check_eps(eps: float, name: str = "--eps") -> int:
     """An epsilon given on the 0..255 pixel scale, as the integer every purifier and attack
     uses; anything else is a one-line error naming the option."""
+    check_finite(eps, name)
     if eps < 0 or eps > 255:
         raise PxdError(f"{name} must be in [0, 255] (the 0-255 pixel scale), got {eps}")
     if eps != int(eps):
         raise PxdError(f"{name} must be an integer on the 0-255 scale, got {eps}")
     return int(eps)
+
+
+def check_model_options(model: dict, presets: dict[str, dict], choices: dict | None = None,
+                        where: str = "model") -> None:
+    """A config's architecture options (`model`, e.g. from a config.json) against the
+    presets' (same keys, same kinds: counts are integers >= 1, the one float is a dropout
+    rate in [0, 1), lists hold counts); `choices`: the allowed strings of string options.
+    A hand-edited `nr_filters: "abc"` is a one-line error here, not a failure deep in Flax."""
+    if not isinstance(model, dict):
+        raise PxdError(f"{where}: expected a mapping of architecture options, got {model!r}")
+    ref: dict = {}
+    for p in presets.values():
+        for k, v in p.items():
+            ref.setdefault(k, v)
+    for k, v in model.items():
+        if k in ref:
+            _check_option(f"{where}.{k}", v, ref[k], (choices or {}).get(k))
+
+
+def _check_option(name: str, v, ref, choices) -> None:
+    if isinstance(ref, bool):
+        ok = isinstance(v, bool)
+        want = "true or false"
+    elif isinstance(ref, int):
+        ok = isinstance(v, int) and not isinstance(v, bool) and v >= 1
+        want = "an integer >= 1"
+    elif isinstance(ref, float):
+        ok = (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+              and 0 <= v < 1)
+        want = "a number in [0, 1)"
+    elif isinstance(ref, str):
+        ok = isinstance(v, str) and (choices is None or v in choices)
+        want = f"one of {', '.join(choices)}" if choices else "a string"
+    elif isinstance(ref, list | tuple):
+        if not isinstance(v, list | tuple) or not v:
+            raise PxdError(f"{name}: expected a non-empty list like {list(ref)}, got {v!r}")
+        for i, item in enumerate(v):
+            _check_option(f"{name}[{i}]", item, ref[0], None)
+        return
+    else:
+        return
+    if not ok:
+        raise PxdError(f"{name}: expected {want}, got {v!r}")

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pxd.configs.base import from_dict
+from pxd.configs.base import check_model_options, from_dict
 from pxd.configs.datasets import DATASETS
 from pxd.errors import PxdError
 
@@ -99,6 +99,7 @@ def validate(cfg: ClfConfig) -> ClfConfig:
         raise PxdError(f"unknown arch '{cfg.arch}' (choose from {', '.join(CLASSIFIER_PRESETS)})")
     if cfg.training not in TRAININGS:
         raise PxdError(f"unknown training '{cfg.training}' (choose from {', '.join(TRAININGS)})")
+    check_model_options(cfg.model, CLASSIFIER_PRESETS[cfg.arch])
     if cfg.steps <= 0 or cfg.batch_size <= 0:
         raise PxdError("steps and batch_size must be positive")
     if not 0.0 <= cfg.label_smoothing < 1.0:

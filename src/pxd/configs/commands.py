@@ -70,6 +70,7 @@ class ZooExportConfig:
     command: str = ""  # how the run was trained, for the card
     with_state: bool = False  # keep the training state (train-density --resume-from)
     data_dir: str | None = None
+    overwrite: bool = False  # replace an entry of the same name
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pxd.configs.base import from_dict
+from pxd.configs.base import check_model_options, from_dict
+from pxd.configs.datasets import DATASETS
 from pxd.errors import PxdError
 
 PIXELCNN_PRESETS: dict[str, dict] = {
@@ -63,6 +64,17 @@ class DensityConfig:
     init_from: str | None = None
 
 
+HEADS = ("mixture", "softmax")
+
+
+def validate_density(cfg: DensityConfig) -> DensityConfig:
+    """A DensityConfig's values (a saved config.json may have been edited by hand)."""
+    if cfg.dataset not in DATASETS:
+        raise PxdError(f"unknown dataset '{cfg.dataset}' (choose from {', '.join(DATASETS)})")
+    check_model_options(cfg.model, PIXELCNN_PRESETS, {"head": HEADS})
+    return cfg
+
+
 def density_config(dataset: str, preset: str, **overrides) -> DensityConfig:
     """Resolve a preset into a full config; `overrides` that are None are ignored."""
     if preset not in PIXELCNN_PRESETS:
@@ -71,7 +83,7 @@ def density_config(dataset: str, preset: str, **overrides) -> DensityConfig:
                 model=dict(PIXELCNN_PRESETS[preset]))
     data.update({k: v for k, v in overrides.items() if v is not None})
 
-    cfg = from_dict(DensityConfig, data)
+    cfg = validate_density(from_dict(DensityConfig, data))
     if cfg.schedule not in ("exponential", "cosine"):
         raise PxdError(f"unknown schedule '{cfg.schedule}' (choose from exponential, cosine)")
     if cfg.schedule == "cosine" and cfg.steps <= cfg.warmup:

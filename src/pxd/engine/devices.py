@@ -38,8 +38,10 @@ def setup(num_cpu_devices: int | None = None, distributed: bool = False) -> None
     if _CONFIGURED:
         return
     if num_cpu_devices is None:
-        env = os.environ.get("JAX_NUM_CPU_DEVICES") or os.environ.get("PXD_NUM_CPU_DEVICES")
-        num_cpu_devices = int(env) if env else (os.cpu_count() or 1)
+        from pxd.configs.env import env_number
+
+        num_cpu_devices = (env_number("JAX_NUM_CPU_DEVICES") or env_number("PXD_NUM_CPU_DEVICES")
+                           or os.cpu_count() or 1)
     try:
         jax.config.update("jax_num_cpu_devices", max(1, int(num_cpu_devices)))
     except RuntimeError:

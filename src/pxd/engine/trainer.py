@@ -10,6 +10,7 @@ uninterrupted run would have done from step s.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -113,7 +114,10 @@ def train(job, out: str, *, resume: bool = False, data_dir: str | None = None,
     `stop_after` ends the run after that many steps of this call (tests: a killed run).
     """
     rep = rep or Reporter(quiet=True)
-    checkpoint.check_run_dir(out, job.cfg, resume=resume)
+    started = checkpoint.check_run_dir(out, job.cfg, resume=resume)
+    if os.path.exists(os.path.join(out, "config.json")) and not started:
+        rep.info(f"{out} holds a run stopped before its first checkpoint: starting it again")
+    resume = resume and started
     job.check()
     train_data = job.load_data(data_dir)
     shape = next(iter(train_data.values())).shape[1:]
@@ -122,10 +126,10 @@ def train(job, out: str, *, resume: bool = False, data_dir: str | None = None,
     job.prepare(params, model_state, train_data, key=key, rep=rep)
     cfg = job.cfg
     tx = job.optimizer()  # before config.json: a bad schedule leaves no run dir behind
-    files.write_config(out, cfg)
     state = init_state(params, model_state, tx)
-    if resume:
+    if resume:  # before config.json too: a damaged checkpoint leaves the run as it was
         _, state = checkpoint.restore_state(out, jax.device_get(state))
+    files.write_config(out, cfg)
     nparams = sum(a.size for a in jax.tree_util.tree_leaves(params))
     rep.info(job.header(nparams, int(state.step), len(jax.devices())))
     rep.info(config.to_json(cfg))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from contextlib import contextmanager
@@ -19,6 +18,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+from pxd.configs.env import env_number
 
 
 class Reporter:
@@ -114,7 +115,7 @@ class Reporter:
     @contextmanager
     def _log_progress(self, description: str, total: int):
         """A line every PXD_PROGRESS_SECONDS (default 30) and at the end, with an ETA."""
-        every = float(os.environ.get("PXD_PROGRESS_SECONDS", "30"))
+        every = env_number("PXD_PROGRESS_SECONDS", 30.0)
         t0 = last = time.perf_counter()
         done = [0]
 
@@ -149,3 +150,34 @@ def fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
     return str(v)
+
+
+# --------------------------------------------------------------------------- third parties
+
+_NOISY_LOGGERS = ("absl", "jax", "jaxlib", "orbax", "etils", "tensorflow",
+                  "tensorflow_datasets", "matplotlib", "PIL")
+
+
+def quiet_third_party(quiet: bool = True) -> None:
+    """Keep other libraries' log lines and warnings off the terminal unless asked for."""
+    import logging
+    import os
+    import warnings
+
+    # CRITICAL, not ERROR: orbax logs its failed background writes (e.g. a full disk) as
+    # ERROR tracebacks before pxd reports them as one line.
+    level = logging.CRITICAL if quiet else logging.NOTSET
+    if quiet:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        warnings.filterwarnings("ignore")
+    else:
+        warnings.resetwarnings()
+    try:  # absl's logger must be absl's own class, so import it before touching it
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.FATAL if quiet else absl.logging.INFO)
+        absl.logging._warn_preinit_stderr = False
+    except ImportError:
+        pass
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(level)

@@ -11,6 +11,7 @@ of a run dir or of a shipped model (params.msgpack, whose sha256 is checked on l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from typing import Any
@@ -46,48 +47,133 @@ def save_state(run_dir: str, step: int, state: Any, keep: int = 2) -> None:
     ckdir = os.path.abspath(os.path.join(run_dir, "ckpt"))
     os.makedirs(ckdir, exist_ok=True)
     path = os.path.join(ckdir, f"step_{step}")
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    ckptr = _checkpointer()
-    ckptr.save(path, state)
-    ckptr.wait_until_finished()
-    files.write_text(os.path.join(ckdir, "LATEST"), str(step))
-    steps = sorted(
-        int(d.split("_")[1]) for d in os.listdir(ckdir) if d.startswith("step_") and "." not in d
-    )
-    for s in steps[:-keep]:
-        shutil.rmtree(os.path.join(ckdir, f"step_{s}"), ignore_errors=True)
+    # Ctrl-C waits for the save: stopping orbax half-way left its threads failing with
+    # tracebacks at exit and a step_N.orbax-checkpoint-tmp folder behind.
+    with files.deferred_sigint():
+        remove_partial_saves(ckdir)
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        with _no_space_is_an_error(path, lambda: remove_partial_saves(ckdir)):
+            ckptr = _checkpointer()
+            ckptr.save(path, state)
+            ckptr.wait_until_finished()
+        files.write_text(os.path.join(ckdir, "LATEST"), str(step))
+        for s in saved_steps(run_dir)[:-keep]:
+            shutil.rmtree(os.path.join(ckdir, f"step_{s}"), ignore_errors=True)
 
 
-def check_run_dir(out: str, cfg: Any, *, resume: bool) -> None:
+# How tensorstore words the OSErrors of files.no_space_message (its own exception types)
+_NO_SPACE_WORDS = ("No space left", "File too large", "Disk quota", "Read-only file system")
+
+
+@contextlib.contextmanager
+def _no_space_is_an_error(path: str, clean):
+    """An orbax save that fails for want of space: its partial folder removed, one line."""
+    try:
+        yield
+    except Exception as e:
+        text = str(e)
+        word = next((w for w in _NO_SPACE_WORDS if w in text), None)
+        if word is None:
+            raise
+        clean()
+        raise PxdError(f"cannot write {path}: {word} (free some space or raise the file "
+                       "size limit, then rerun)") from None
+
+
+def saved_steps(run_dir: str) -> list[int]:
+    """The steps of the complete checkpoint folders ckpt/step_<n>, in order."""
+    ckdir = os.path.join(run_dir, "ckpt")
+    if not os.path.isdir(ckdir):
+        return []
+    return sorted(int(d[5:]) for d in os.listdir(ckdir)
+                  if d.startswith("step_") and d[5:].isdigit())
+
+
+def remove_partial_saves(ckdir: str) -> None:
+    """Folders of saves that never finished (a process killed mid-save): never pointed at
+    by LATEST, so never resumed from; removed before the next save."""
+    if os.path.isdir(ckdir):
+        for d in os.listdir(ckdir):
+            if d.startswith("step_") and not d[5:].isdigit():
+                shutil.rmtree(os.path.join(ckdir, d), ignore_errors=True)
+
+
+def has_checkpoint(run_dir: str) -> bool:
+    """Whether the run saved a training state to continue from."""
+    return os.path.exists(os.path.join(run_dir, "ckpt", "LATEST")) or bool(saved_steps(run_dir))
+
+
+def check_run_dir(out: str, cfg: Any, *, resume: bool) -> bool:
     """Refuse to overwrite a run, to resume nothing, or to resume with another config
-    (apart from `steps`: a run may be extended)."""
+    (apart from `steps`: a run may be extended). Returns whether there is a checkpoint to
+    resume from: a run stopped before its first one is started again (its config.json
+    alone holds nothing to lose), with or without --resume."""
     imageio.check_writable(out, "--out", folder=True)
     cfg_path = os.path.join(out, "config.json")
     if os.path.exists(cfg_path):
+        if not has_checkpoint(out):
+            return False
         if not resume:
             raise PxdError(f"{out} already holds a run; pass --resume to continue it")
         saved = config.load_json(type(cfg), cfg_path)
         if config.replace(saved, steps=cfg.steps) != config.replace(cfg, steps=cfg.steps):
             raise PxdError(f"{out} was trained with a different config; resume it as it was")
-    elif resume:
+        checkpoint_path(out)  # LATEST and its folder, checked before any work
+        return True
+    if resume:
         raise PxdError(f"nothing to resume in {out}")
+    return False
+
+
+def _advice(run_dir: str, bad: int | None = None) -> str:
+    older = [s for s in saved_steps(run_dir) if s != bad]
+    lat = os.path.join(run_dir, "ckpt", "LATEST")
+    if older:
+        return (f"write {'an older' if bad is not None else 'a saved'} step "
+                f"({', '.join(map(str, older))}) into {lat} to resume "
+                f"from it, or delete {run_dir} to start over")
+    return f"delete {run_dir} to start over"
 
 
 def latest_step(run_dir: str) -> int | None:
+    """The step ckpt/LATEST names (None: no LATEST); unreadable is a PxdError with advice."""
     p = os.path.join(run_dir, "ckpt", "LATEST")
     if not os.path.exists(p):
         return None
-    with open(p) as f:
-        return int(f.read().strip())
+    try:
+        with open(p) as f:
+            text = f.read(64)
+    except (OSError, UnicodeDecodeError) as e:
+        raise PxdError(f"cannot read {p} ({type(e).__name__}); {_advice(run_dir)}") from None
+    if not text.strip().isdigit():
+        raise PxdError(f"{p} holds {text.strip()[:20]!r}, not a step number; "
+                       f"{_advice(run_dir)}")
+    return int(text.strip())
 
 
-def restore_state(run_dir: str, target: Any) -> tuple[int, Any]:
+def checkpoint_path(run_dir: str) -> tuple[int, str]:
+    """(step, folder) of the checkpoint a resume starts from; a PxdError with advice when
+    there is none or LATEST names a missing one."""
     step = latest_step(run_dir)
+    if step is None and saved_steps(run_dir):  # killed between a save and its LATEST
+        step = saved_steps(run_dir)[-1]
     if step is None:
         raise PxdError(f"no checkpoint to resume in {run_dir}")
     path = os.path.abspath(os.path.join(run_dir, "ckpt", f"step_{step}"))
-    return step, _checkpointer().restore(path, target)
+    if not os.path.isdir(path):
+        raise PxdError(f"{run_dir}/ckpt/LATEST names step {step}, but ckpt/step_{step} is "
+                       f"missing; {_advice(run_dir, step)}")
+    return step, path
+
+
+def restore_state(run_dir: str, target: Any) -> tuple[int, Any]:
+    step, path = checkpoint_path(run_dir)
+    try:
+        return step, _checkpointer().restore(path, target)
+    except Exception as e:  # orbax/tensorstore raise many types; all mean a damaged save
+        raise PxdError(f"cannot restore {path}: the checkpoint is damaged "
+                       f"({type(e).__name__}); {_advice(run_dir, step)}") from None
 
 
 def save_params(path: str, params: Any) -> None:
@@ -99,9 +185,15 @@ def save_params(path: str, params: Any) -> None:
     tmp = path + ".tmp"
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
-    ckptr = _checkpointer()
-    ckptr.save(tmp, params)
-    ckptr.wait_until_finished()
+    def clean():
+        for d in os.listdir(os.path.dirname(path)):
+            if d.startswith(os.path.basename(tmp)):
+                shutil.rmtree(os.path.join(os.path.dirname(path), d), ignore_errors=True)
+
+    with _no_space_is_an_error(path, clean):
+        ckptr = _checkpointer()
+        ckptr.save(tmp, params)
+        ckptr.wait_until_finished()
     old = path + ".old"
     if os.path.exists(path):
         os.replace(path, old)

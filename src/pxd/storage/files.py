@@ -9,6 +9,7 @@ of one. `atomic_open`/`atomic_write`/`write_text`/`write_bytes`/`write_json` are
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -55,9 +56,14 @@ def atomic_path(path: str) -> Iterator[str]:
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     base = os.path.basename(path)
-    fd, tmp = tempfile.mkstemp(
-        dir=parent, prefix=f".{base}.", suffix=".tmp" + os.path.splitext(base)[1]
-    )
+    try:
+        fd, tmp = tempfile.mkstemp(
+            dir=parent, prefix=f".{base}.", suffix=".tmp" + os.path.splitext(base)[1]
+        )
+    except OSError as e:
+        if e.errno in _NO_SPACE:
+            raise PxdError(no_space_message(path, e)) from None
+        raise
     os.close(fd)
     try:
         yield tmp
@@ -65,11 +71,43 @@ def atomic_path(path: str) -> Iterator[str]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+            raise PxdError(no_space_message(path, e)) from None
         raise
     _fsync_dir(parent)
+
+
+# A full disk, a quota, a file size limit (ulimit -f) or a read-only file system: one
+# line naming the file (numpy and friends raise these without a file name).
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+
+
+def no_space_message(path: str, e: OSError) -> str:
+    return (f"cannot write {path}: {e.strerror or e} (free some space or raise the file "
+            "size limit, then rerun)")
+
+
+@contextlib.contextmanager
+def deferred_sigint() -> Iterator[None]:
+    """Ctrl-C inside the block takes effect when it ends (the handler then runs as usual),
+    for saves that a half-way stop would leave broken; a no-op off the main thread."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if got and callable(old):
+            old(signal.SIGINT, None)
 
 
 @contextlib.contextmanager

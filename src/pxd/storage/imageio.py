@@ -78,8 +78,11 @@ def _np_load(path: str) -> Any:
         kind = "text" if _looks_like_text(head) else "data"
         raise PxdError(f"{path}: {kind}, not a numpy .npy/.npz file; write it with "
                        "numpy.save or numpy.savez")
+    _check_sizes(path, head)
     try:
         return np.load(path, allow_pickle=False)
+    except MemoryError:
+        raise PxdError(f"{path}: too large to load into memory") from None
     except ValueError as e:
         if "pickle" in str(e):  # object arrays / pickles are refused, never executed
             raise PxdError(
@@ -89,6 +92,49 @@ def _np_load(path: str) -> Any:
         raise PxdError(f"{path}: not a readable numpy file ({_one_line(e)})") from e
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise PxdError(f"{path}: not a readable numpy file ({_one_line(e)})") from e
+
+
+def _npy_claim(f, available: int) -> tuple[tuple, int] | None:
+    """(shape, bytes of data) a .npy header read from `f` claims, if they exceed the
+    `available` bytes after it; None when they fit (or the header is one numpy reports)."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read(f)
+    except Exception:  # a malformed header: np.load says what is wrong with it
+        return None
+    if dtype.hasobject:
+        return None  # refused as pickled data by np.load
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    return (shape, need) if need > available - f.tell() else None
+
+
+def _check_sizes(path: str, head: bytes) -> None:
+    """Refuse an array whose header claims more data than the file holds (a header can
+    claim 10^12 images in a few bytes), before numpy allocates for it."""
+    try:
+        if head.startswith(_NPY_MAGIC):
+            with open(path, "rb") as f:
+                bad = [("", _npy_claim(f, os.path.getsize(path)))]
+        elif head.startswith(_ZIP_MAGIC):
+            with zipfile.ZipFile(path) as z:
+                bad = []
+                for info in z.infolist():
+                    if info.filename.endswith(".npy"):
+                        with z.open(info) as f:
+                            bad.append((f"[{info.filename[:-4]}]",
+                                        _npy_claim(f, info.file_size)))
+        else:
+            return
+    except (OSError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError):
+        return  # unreadable: np.load below gives the one-line error
+    for member, claim in bad:
+        if claim is not None:
+            shape, need = claim
+            raise PxdError(f"{path}{member}: header claims shape {tuple(shape)} ({need:,} "
+                           "bytes), more than the file holds; the file is truncated or "
+                           "damaged, write it again with numpy.save or numpy.savez")
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -123,6 +169,8 @@ def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray | None]:
             raise PxdError(f"{path}: corrupt array in archive ({_one_line(e)})") from e
         except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
             raise PxdError(f"{path}: corrupt archive ({_one_line(e)})") from e
+        except MemoryError:
+            raise PxdError(f"{path}[{xk}]: too large to load into memory") from None
     x = _check_array(x, f"{path}[{xk}]")
     if y is not None:
         y = _check_labels(y, len(x), f"{path}[{yk}]")

@@ -13,14 +13,15 @@ import hashlib
 import os
 
 import jax
+import numpy as np
 
 from pxd.configs.base import load_json
 from pxd.configs.classifier import ClfConfig, validate
 from pxd.configs.datasets import DATASETS
-from pxd.configs.pixelcnn import DensityConfig
+from pxd.configs.pixelcnn import DensityConfig, validate_density
 from pxd.errors import PxdError
-from pxd.models.classifiers import build_classifier
-from pxd.models.pixelcnn import build_model
+from pxd.models.classifiers import build_classifier, init_variables
+from pxd.models.pixelcnn import build_model, init_params
 from pxd.storage import checkpoint, shipped
 from pxd.storage.checkpoint import run_params_path
 
@@ -42,11 +43,40 @@ def load_density(path: str):
     if checkpoint.model_kind(path) == "classifier":
         raise PxdError(f"{path} is a classifier, not a density model: give it as --clf; "
                        "--density takes a pxd train-density run or a shipped PixelCNN (pxd zoo)")
-    cfg = load_json(DensityConfig, os.path.join(path, "config.json"))
+    try:
+        cfg = validate_density(load_json(DensityConfig, os.path.join(path, "config.json")))
+    except PxdError as e:
+        raise PxdError(f"{path} is not a density run dir ({e})") from None
     shape = DATASETS[cfg.dataset].shape
     model = build_model(cfg.model, shape[-1])
     params = checkpoint.load_params(run_params_path(path))
+    check_weights(path, "PixelCNN", params, jax.eval_shape(
+        lambda k: init_params(model, tuple(shape), key=k), jax.random.key(0)))
     return model, params, cfg, checkpoint.read_meta(path)
+
+
+def _signature(tree) -> list[tuple[str, tuple, str]]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [(jax.tree_util.keystr(k), tuple(np.shape(v)), str(v.dtype)) for k, v in leaves]
+
+
+def check_weights(path: str, what: str, weights, fresh) -> None:
+    """The weights loaded from `path` have the structure, shapes and dtypes of `fresh` (a
+    `jax.eval_shape` of the model's initialiser, the model its config.json describes), and
+    hold no NaN or inf: a folder mixing two models, or with damaged bytes, is one line here
+    instead of a Flax scope error or bits/dim nan later."""
+    got, want = _signature(weights), _signature(fresh)
+    if got != want:
+        diff = next((g[0] for g, w in zip(got, want, strict=False) if g != w),
+                    (got if len(got) > len(want) else want)[min(len(got), len(want))][0])
+        raise PxdError(f"{path}: its parameters do not fit the {what} its config.json "
+                       f"describes (first difference at {diff}); the folder mixes two models "
+                       "or is damaged: copy or train it again")
+    for k, v in jax.tree_util.tree_flatten_with_path(weights)[0]:
+        a = np.asarray(v)
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise PxdError(f"{path}: parameters hold NaN or inf (at {jax.tree_util.keystr(k)}); "
+                           "the file is damaged: copy or train it again")
 
 
 def load_classifier(path: str):
@@ -66,6 +96,9 @@ def load_classifier(path: str):
         raise PxdError(f"{path} is not a classifier run dir ({e})") from None
     model = build_classifier(cfg)
     variables = checkpoint.load_params(run_params_path(path))
+    shape = tuple(DATASETS[cfg.dataset].shape)
+    check_weights(path, "classifier", variables, jax.eval_shape(
+        lambda k: init_variables(model, shape, key=k), jax.random.key(0)))
     return model, dict(variables), cfg, checkpoint.read_meta(path)
 
 

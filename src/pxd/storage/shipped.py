@@ -8,6 +8,7 @@ card.json (what it is, how it was made, the sha256 of params.msgpack, checked on
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 from pxd.configs.datasets import DATASETS
@@ -18,8 +19,9 @@ from pxd.storage import checkpoint, files
 ZOO_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "zoo")
 
 
-def entries(zoo_dir: str = ZOO_DIR) -> list[dict]:
+def entries(zoo_dir: str | None = None) -> list[dict]:
     """Model cards of the shipped models, with `name` and `path` added."""
+    zoo_dir = zoo_dir or ZOO_DIR
     out = []
     if not os.path.isdir(zoo_dir):
         return out
@@ -73,12 +75,38 @@ def default_path(kind: str, shape: tuple[int, ...], training: str | None = None,
     )
 
 
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def check_name(name: str, zoo_dir: str | None = None, *, overwrite: bool = False) -> str:
+    """A new zoo entry's name: one plain folder name inside the zoo (lower-case letters,
+    digits, '.', '_', '-'; no '/', no '..'), so an export can neither write outside the
+    zoo nor replace the zoo itself; an existing entry only with `overwrite`."""
+    zoo_dir = zoo_dir or ZOO_DIR
+    if (not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name
+            or name.endswith((".tmp", ".old"))):
+        raise PxdError(f"--name {name!r}: use a plain name of lower-case letters, digits, "
+                       "'.', '_' and '-' (at most 64, starting with a letter or digit), "
+                       "e.g. pixelcnn-c10-mine")
+    dest = os.path.join(zoo_dir, name)
+    if os.path.lexists(dest):
+        if not os.path.isfile(os.path.join(dest, "card.json")) or os.path.islink(dest):
+            raise PxdError(f"--name {name}: {dest} exists and is not a zoo entry; "
+                           "choose another name")
+        if not overwrite:
+            raise PxdError(f"--name {name}: the zoo already has a model of that name; "
+                           "choose another name, or pass --overwrite to replace it")
+    return name
+
+
 def export(run_dir: str, name: str, *, kind: str, default: bool, card: dict,
-           zoo_dir: str = ZOO_DIR, state=None) -> dict:
+           zoo_dir: str | None = None, state=None, overwrite: bool = False) -> dict:
     """Copy a run's inference parameters and config into the zoo with a model card.
 
     `state`, the run's full training state, is kept as train_state.msgpack so that
     `pxd train-density --resume-from NAME` can continue the run without its directory."""
+    zoo_dir = zoo_dir or ZOO_DIR
+    check_name(name, zoo_dir, overwrite=overwrite)
     params = checkpoint.load_params(checkpoint.run_params_path(run_dir))
     dest = os.path.join(zoo_dir, name)
     tmp = dest + ".tmp"

@@ -80,4 +80,9 @@ def parse_attack_opts(items: list[str] | None) -> dict[str, dict]:
             raise PxdError(f"--attack-opt {item!r}: {attack} has no option {opt!r} "
                            f"(options: {', '.join(allowed) or 'none'})")
         out.setdefault(attack, {})[opt] = _scalar(value)
-    return out
+    from pxd.api import check_attack_options
+
+    try:  # the values' types and ranges, as the API checks them
+        return {a: check_attack_options(a, o) for a, o in out.items()}
+    except PxdError as e:
+        raise PxdError(f"--attack-opt: {e}") from None

@@ -128,7 +128,9 @@ def plan(cfg: BenchConfig) -> Plan:
     eps_list = parse_eps_list(cfg.eps_attack)
     defence_names = parse_defences(cfg.defenses)
     e_def = check_eps(cfg.eps_defend, "--eps-defend")
-    attack_opts = dict(cfg.attack_opts or {})
+    from pxd.api import check_attack_options
+
+    attack_opts = {a: check_attack_options(a, o) for a, o in (cfg.attack_opts or {}).items()}
     if cfg.n < 1 or cfg.batch_size < 1 or cfg.restarts < 1 or cfg.adaptive_steps < 0:
         raise PxdError("--n, --batch-size and --restarts must be positive, "
                        "--adaptive-steps >= 0")
