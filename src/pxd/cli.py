@@ -35,11 +35,8 @@ def _finite(opt: str, eps: bool = False):
     return check
 
 
-DataDir = Annotated[
-    str | None,
-    typer.Option("--data-dir", envvar="PXD_DATA_DIR",
-                 help="Folder with cifar-10-binary.tar.gz and/or Fashion-MNIST idx .gz files."),
-]
+DataDir = Annotated[str | None, typer.Option("--data-dir", envvar="PXD_DATA_DIR", help=(
+    "Folder with cifar-10-binary.tar.gz and/or Fashion-MNIST idx .gz files."))]
 DensityOpt = Annotated[str | None, typer.Option(
     "--density", help="Density run dir or shipped model name (default: the zoo's).")]
 Seed = Annotated[int, typer.Option("--seed", help="PRNG seed.")]
@@ -47,14 +44,10 @@ Json = Annotated[bool, typer.Option("--json", help="Print one machine-readable J
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print results only.")]
 Verbose = Annotated[bool, typer.Option(
     "--verbose", help="Also show third-party log messages and warnings.")]
-Devices = Annotated[
-    int | None,
-    typer.Option("--devices", min=1, help="Virtual CPU devices (default: one per core)."),
-]
-Distributed = Annotated[
-    bool,
-    typer.Option("--distributed", help="Multi-host: call jax.distributed.initialize()."),
-]
+Devices = Annotated[int | None, typer.Option(
+    "--devices", min=1, help="Virtual CPU devices (default: one per core).")]
+Distributed = Annotated[bool, typer.Option(
+    "--distributed", help="Multi-host: call jax.distributed.initialize().")]
 Steps = Annotated[int | None, typer.Option(min=1, help="Train this many steps.")]
 Epochs = Annotated[float | None, typer.Option(help="Train this many epochs.",
                                                callback=_finite("--epochs"))]
@@ -63,10 +56,9 @@ TrainBatch = Annotated[int | None, typer.Option(min=1, help="Global batch size."
 _ARGS: list[str] = []  # this invocation's arguments, recorded in reports
 
 # What Ctrl-C says on commands that keep finished work.
-_RESUME_HINT = {"purify": "rerun with --resume to continue",
-                "train-density": "rerun with --resume to continue",
-                "train-clf": "rerun with --resume to continue",
-                "bench": "rerun the same command: finished work is cached"}
+_RESUME_HINT = dict.fromkeys(("purify", "train-density", "train-clf"),
+                             "rerun with --resume to continue")
+_RESUME_HINT["bench"] = "rerun the same command: finished work is cached"
 
 
 def _check_lr(lr: float | None) -> None:
@@ -259,9 +251,6 @@ def train_density(
                       resume_from=resume_from, data_dir=data_dir, rep=rep)
 
 
-# --- classifiers and attacks (train-clf, attack) ---
-
-
 @app.command("train-clf")
 def train_clf(
     out: Annotated[str, typer.Option("--out", help="Run directory (config, checkpoints).")],
@@ -300,8 +289,7 @@ def train_clf(
     _check_lr(lr)
     cfg = clf_config(dataset, arch, training, preset, batch_size=batch_size, seed=seed,
                      lr=lr, init_from=init_from)
-    budget = training_steps(dataset, epochs, steps, cfg.batch_size)
-    cfg = replace(cfg, steps=budget)
+    cfg = replace(cfg, steps=training_steps(dataset, epochs, steps, cfg.batch_size))
     rep = _setup(devices, distributed, quiet, json_out, verbose)
     from pxd.commands.train import run_train_clf
 
@@ -341,12 +329,6 @@ def attack_cmd(
     run_attack(_config("AttackConfig", input=input, clf=clf, attack=attack, eps=eps, out=out,
                        batch_size=batch_size, steps=steps, restarts=restarts, seed=seed,
                        data_dir=data_dir), rep=rep)
-
-
-# --- end classifiers and attacks ---
-
-
-# --- bench ---
 
 
 @app.command("bench")
@@ -416,9 +398,6 @@ def bench(
         adaptive_bpd_weight=adaptive_bpd_weight, restarts=restarts, seed=seed,
         batch_size=batch_size, attack_opts=attack_opts, command=" ".join(["pxd"] + _ARGS),
         data_dir=data_dir, reuse_stale_cache=reuse_stale_cache), rep=rep)
-
-
-# --- end bench ---
 
 
 # --------------------------------------------------------------------------- entry point
