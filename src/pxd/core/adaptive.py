@@ -47,6 +47,7 @@ from jax import lax
 
 from pxd.core.attacks.grid import as_pytree, finish_staged, xent
 from pxd.core.attacks.sign import pgd_loop, pgd_setup
+from pxd.core.squeeze import feature_squeeze
 from pxd.models.mixture import bits_per_dim
 
 Defence = Callable[[jax.Array], jax.Array]  # float32 integral images -> float32 images
@@ -79,8 +80,6 @@ def identity_defence(x: jax.Array) -> jax.Array:
 
 def squeeze_defence(x: jax.Array) -> jax.Array:
     """Feature squeezing (Appendix C) on float32 integral images."""
-    from pxd.core.purify import feature_squeeze
-
     return feature_squeeze(jnp.round(x)).astype(jnp.float32)
 
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pxd.core import attacks
-from pxd.core.purify import feature_squeeze_jit
+from pxd.core.squeeze import feature_squeeze_jit
 from pxd.engine import devices
 from pxd.engine.active import ActiveBatch
 from pxd.errors import PxdError

@@ -41,11 +41,13 @@ from pxd.core.attacks.grid import (
 
 # unrolled steps per jitted call of a host-driven sign loop: one step per call compiles one
 # small program that serves every eps and step count (see docs/BENCHMARKS.md)
-CHUNK = 4
+CHUNK = 1
 
 
-def chunks(total: int, size: int = CHUNK) -> list[int]:
-    """`total` steps as chunks of `size`, the rest in powers of two (few compiled shapes)."""
+def chunks(total: int, size: int | None = None) -> list[int]:
+    """`total` steps as chunks of `size` (default CHUNK), the rest in powers of two (few
+    compiled shapes)."""
+    size = CHUNK if size is None else size
     out = [size] * (total // size)
     rest = total % size
     while rest:
@@ -140,7 +142,7 @@ def bim(
     above the bound would be cut short); without it a while_loop (fine on GPU, slow on CPU).
     """
     del key
-    x0, y, e, count, a = _bim_setup(x, y, eps, steps, alpha)
+    x0, y, e, count, a = bim_setup(x, y, eps, steps, alpha)
     state = sign_init(x0)
     if not traced(logits_fn, x0, y, e, count):
         f = as_pytree(logits_fn)
@@ -156,7 +158,9 @@ def bim(
 
 
 @staged(static=("steps", "alpha"))
-def _bim_setup(x, y, eps, steps, alpha):
+def bim_setup(x, y, eps, steps, alpha):
+    """BIM's inputs: float32 images x0, int32 labels, budget e, the step count per example
+    (`bim_steps(e)` unless `steps`) and the integral step alpha (N, 1, 1, 1)."""
     x0, y = as_inputs(x, y)
     n = x0.shape[0]
     e = budget(eps, n)
