@@ -38,7 +38,9 @@ under an outer jit the same iterates come from `lax` loops.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -183,6 +185,36 @@ def bpda_pgd(oracle: Oracle, x, y, *, eps, key: jax.Array, steps: int = 40,
 # --------------------------------------------------------------------------- glue
 
 
+@dataclasses.dataclass(frozen=True)
+class _DefendedOracle:
+    """`oracle(logits_fn, dparams, x, y)` of one defence. Its settings are compared by value,
+    so two attacks made alike share their compiled steps (jit keys on the function)."""
+
+    defence_name: str
+    purify: Callable | None
+    density_model: Any
+    eps_defend: int
+    threshold: float | None
+    bpd_weight: float
+
+    def of(self, logits_fn, dparams) -> Oracle:
+        if self.defence_name == "none":
+            return ce_oracle(logits_fn, identity_defence)
+        if self.defence_name == "feature-squeeze":
+            return ce_oracle(logits_fn, squeeze_defence)
+        if self.defence_name == "pixeldefend":
+            return ce_oracle(logits_fn, pixeldefend_defence(self.purify, dparams,
+                                                            self.eps_defend))
+        model = self.density_model
+        defence = adaptive_pixeldefend_defence(self.purify, model, dparams, self.eps_defend,
+                                               self.threshold)
+        return adaptive_oracle(logits_fn, defence, lambda z: density_bpd(model, dparams, z),
+                               self.threshold, self.bpd_weight)
+
+    def __call__(self, logits_fn, dparams, x, y):
+        return self.of(logits_fn, dparams)(x, y)
+
+
 def make_bpda_attack(defence_name: str, *, density_model=None, purify: Callable | None = None,
                      eps_defend: int = 16, threshold: float | None = None,
                      bpd_weight: float = 1.0, steps: int = 40, alpha: float | None = None,
@@ -202,22 +234,8 @@ def make_bpda_attack(defence_name: str, *, density_model=None, purify: Callable 
     if defence_name not in _DEFENCES:
         raise ValueError(f"unknown defence {defence_name!r}")
 
-    def oracle_of(logits_fn, dparams) -> Oracle:
-        if defence_name == "none":
-            return ce_oracle(logits_fn, identity_defence)
-        if defence_name == "feature-squeeze":
-            return ce_oracle(logits_fn, squeeze_defence)
-        if defence_name == "pixeldefend":
-            return ce_oracle(logits_fn, pixeldefend_defence(purify, dparams, eps_defend))
-        defence = adaptive_pixeldefend_defence(purify, density_model, dparams, eps_defend,
-                                               threshold)
-        return adaptive_oracle(logits_fn, defence,
-                               lambda z: density_bpd(density_model, dparams, z), threshold,
-                               bpd_weight)
-
-    def oracle(logits_fn, dparams, x, y):
-        return oracle_of(logits_fn, dparams)(x, y)
-
+    oracle = _DefendedOracle(defence_name, purify, density_model, eps_defend, threshold,
+                             bpd_weight)
     clean_first = defence_name == "adaptive-pixeldefend"
 
     def run(logits_fn, dparams, x, y, eps, key):
