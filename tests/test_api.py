@@ -75,6 +75,35 @@ def test_adaptive_threshold_leaves_low_scores_alone(smoke):
     np.testing.assert_array_equal(out[~low], full[~low])
 
 
+def test_attack_at_a_new_eps_does_not_recompile(smoke):
+    # BIM's and PGD's step counts follow eps, yet one compiled step serves every count:
+    # after a first call, calls at new budgets compile nothing (counted by JAX's own
+    # backend-compile event, which the check below shows firing)
+    from jax import monitoring
+
+    x, y = smoke["x"], smoke["y"]
+    c = pxd.load_classifier(smoke["clf"])
+    compiles, listening = [], [True]
+
+    def count(event, duration, **kw):
+        if listening[0] and event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    monitoring.register_event_duration_secs_listener(count)
+    try:
+        jax.jit(lambda a: a * 3 + 1)(np.arange(7.0))
+        assert len(compiles) == 1
+        for name in ("bim", "pgd"):
+            first = pxd.attack(x, y, name, eps=2, clf=c)
+            seen = len(compiles)
+            for eps in (8, 16, 5):
+                pxd.attack(x, y, name, eps=eps, clf=c)
+            assert len(compiles) == seen, name
+            np.testing.assert_array_equal(pxd.attack(x, y, name, eps=2, clf=c), first)
+    finally:
+        listening[0] = False
+
+
 def test_attack_and_classifier(smoke):
     x, y = smoke["x"], smoke["y"]
     c = pxd.load_classifier(smoke["clf"])

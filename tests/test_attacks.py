@@ -330,29 +330,31 @@ def test_deepfool_shrinks_the_batch_to_active_examples(monkeypatch):
     # matmul by batch size: here a few ulps; on the shipped ResNet-14, whose only matmul
     # is 64 wide, bit-identical, as `pxd bench --speed` reports) and its integer images.
     import pxd.core.attacks as A
+    import pxd.core.attacks.deepfool_l2 as D
+    from pxd.engine.active import ActiveBatch, bucket
 
     logits_fn = A.as_pytree(_conv_logits_fn())
     x, y = _batch(8)
     xf = jnp.asarray(x, jnp.float32)
-    x0, y0, cand, full = A._deepfool_setup(logits_fn, xf, y, None)
+    x0, y0, cand, full = D.deepfool_setup(logits_fn, xf, y, None)
     for _ in range(6):
-        full = A._deepfool_chunk(logits_fn, full, x0, y0, cand, k=1, overshoot=0.02,
+        full = D._deepfool_chunk(logits_fn, full, x0, y0, cand, k=1, overshoot=0.02,
                                  quantize=True)
-    sizes, real = [], A._deepfool_chunk
+    sizes, real = [], D._deepfool_chunk
 
     def spy(f, s, x0, *args, **kw):
         sizes.append(x0.shape[0])
         return real(f, s, x0, *args, **kw)
 
-    monkeypatch.setattr(A, "_deepfool_chunk", spy)
-    got = deepfool_raw(logits_fn, xf, y, max_iter=6, quantize=True)
-    want = A._deepfool_result(x0, full.r_tot, 0.02)
+    monkeypatch.setattr(D, "_deepfool_chunk", spy)
+    got = deepfool_raw(logits_fn, xf, y, max_iter=6, quantize=True, host_batch=ActiveBatch)
+    want = D.deepfool_result(x0, full.r_tot, 0.02)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
     np.testing.assert_array_equal(A.finish(got, x0, A.budget(255.0, 8)),
                                   A.finish(want, x0, A.budget(255.0, 8)))
     assert sizes[0] == 8 and min(sizes) < 8, sizes
-    assert [A._bucket(c, 100, 2) for c in (1, 3, 31, 54, 86)] == [2, 4, 32, 64, 100]
-    assert A._bucket(5, 8, 1) == 8 and A._bucket(3, 8, 1) == 4
+    assert [bucket(c, 100, 2) for c in (1, 3, 31, 54, 86)] == [2, 4, 32, 64, 100]
+    assert bucket(5, 8, 1) == 8 and bucket(3, 8, 1) == 4
 
 
 def test_cw_aborts_per_example_and_shrinks_the_batch(monkeypatch):
@@ -360,18 +362,21 @@ def test_cw_aborts_per_example_and_shrinks_the_batch(monkeypatch):
     # batch size of 1), so an image's result does not depend on the rest of its batch, and
     # the host loop drops stopped examples at each checkpoint.
     import pxd.core.attacks as A
+    import pxd.core.attacks.cw_l2 as C
+    from pxd.engine.active import ActiveBatch
 
     logits_fn = _conv_logits_fn()
     x, y = _batch(8)
     xf = jnp.asarray(x, jnp.float32)
-    opts = dict(search_steps=2, max_iterations=40, initial_const=100.0)
-    sizes, real = [], A._cw_chunk
+    opts = dict(search_steps=2, max_iterations=40, initial_const=100.0,
+                host_batch=ActiveBatch)
+    sizes, real = [], C._cw_chunk
 
     def spy(f, c, x0, *args, **kw):
         sizes.append(x0.shape[0])
         return real(f, c, x0, *args, **kw)
 
-    monkeypatch.setattr(A, "_cw_chunk", spy)
+    monkeypatch.setattr(C, "_cw_chunk", spy)
     whole = np.asarray(cw_raw(logits_fn, xf, y, **opts))
     assert sizes[0] == 8 and min(sizes) < 8, sizes
     halves = np.concatenate([np.asarray(cw_raw(logits_fn, xf[:4], y[:4], **opts)),
@@ -379,13 +384,13 @@ def test_cw_aborts_per_example_and_shrinks_the_batch(monkeypatch):
     np.testing.assert_allclose(whole, halves, rtol=1e-6, atol=0)
     np.testing.assert_array_equal(np.round(whole), np.round(halves))
     # the stop rule itself: an example whose objective rose at a checkpoint stops, others not
-    x0, y0, w0, st = A._cw_setup(xf, y, 100.0)
-    c = A._cw_round_init(st, w0, learning_rate=1e-2)
+    x0, y0, w0, st = C.cw_setup(xf, y, 100.0)
+    c = C.cw_round_init(st, w0, learning_rate=1e-2)
     c = c._replace(i=jnp.int32(4), prev=jnp.where(jnp.arange(8) < 3, 0.0, jnp.inf))
-    step = A._cw_step(A.as_pytree(logits_fn), c, x0, y0, st.const, max_iterations=40,
+    step = C.cw_step(A.as_pytree(logits_fn), c, x0, y0, st.const, max_iterations=40,
                       learning_rate=1e-2, confidence=0.0, quantize=True, abort_early=True)
     assert np.asarray(step.stop).tolist() == [True] * 3 + [False] * 5
-    again = A._cw_step(A.as_pytree(logits_fn), step, x0, y0, st.const, max_iterations=40,
+    again = C.cw_step(A.as_pytree(logits_fn), step, x0, y0, st.const, max_iterations=40,
                        learning_rate=1e-2, confidence=0.0, quantize=True, abort_early=True)
     np.testing.assert_array_equal(np.asarray(again.w)[:3], np.asarray(step.w)[:3])
     assert not np.array_equal(np.asarray(again.w)[3:], np.asarray(step.w)[3:])
@@ -403,7 +408,7 @@ def test_bim_bounded_unroll_equals_while_loop():
 
 
 def test_chunks():
-    from pxd.core.attacks import _chunks
+    from pxd.core.attacks.sign import chunks
 
-    assert _chunks(0) == [] and _chunks(2) == [2] and _chunks(7, 4) == [4, 2, 1]
-    assert _chunks(10, 4) == [4, 4, 2] and sum(_chunks(50, 4)) == 50
+    assert chunks(0) == [] and chunks(2, 4) == [2] and chunks(7, 4) == [4, 2, 1]
+    assert chunks(10, 4) == [4, 4, 2] and sum(chunks(50, 4)) == 50

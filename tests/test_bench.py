@@ -229,6 +229,43 @@ def test_bpda_early_stop_fools_the_same_images():
     assert fooled(64.0, True).all()
 
 
+def test_bpda_host_calls_compile_once_per_shape():
+    # the host loop's jitted pieces take the oracle as a pytree: a second attack built the
+    # same way, with new classifier weights and a new eps, compiles nothing (counted by
+    # XLA's backend-compile event)
+    from jax import monitoring
+
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (4, 4, 4, 3)).astype(np.uint8)
+    y = np.zeros(4, np.int32)
+
+    def logits_fn(w, z):
+        return (z.reshape(z.shape[0], -1) / 127.5 - 1.0) @ w
+
+    def run(seed, eps):
+        w = jnp.asarray(np.random.default_rng(seed).normal(size=(48, 3)), jnp.float32)
+        attack = adaptive.make_bpda_attack("feature-squeeze", steps=3, restarts=2)
+        return attack(jax.tree_util.Partial(logits_fn, w), None, x, y,
+                      jnp.full((4,), eps, jnp.float32), jax.random.key(seed))
+
+    compiles, listening = [], [True]
+
+    def count(event, duration, **kw):
+        if listening[0] and event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    monitoring.register_event_duration_secs_listener(count)
+    try:
+        run(0, 4.0)
+        assert compiles  # the first call compiles, and the listener sees it
+        seen = len(compiles)
+        second = run(1, 9.0)
+        assert len(compiles) == seen
+        assert np.abs(second.astype(int) - x.astype(int)).max() <= 9
+    finally:
+        listening[0] = False
+
+
 def test_parsing():
     assert bench.parse_eps_list("16, 2,8,2") == [2, 8, 16]
     assert bench.parse_attacks("all") == list(bench.PAPER_ATTACKS)

@@ -8,11 +8,11 @@ import pytest
 from pxd.configs.pixelcnn import PIXELCNN_PRESETS
 from pxd.core.purify import (
     auto_method,
-    feature_squeeze,
     first_difference_gaps,
     make_purifier,
     purify_unet,
 )
+from pxd.core.squeeze import feature_squeeze
 from pxd.models.pixelcnn import build_model, init_params
 
 NEAR_TIE = 1e-4

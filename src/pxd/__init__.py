@@ -9,43 +9,32 @@ Layout, imports pointing downward only: errors and configs (typed configs, prese
 datasets) < models (Flax modules) < core (pure jittable maths) < storage (disk) < report
 (terminal, figures) < engine (host loops over devices, the trainer) < api (this public
 surface) < commands (one per CLI command) < cli. No internal module is named like a public
-name, so `pxd.purify` is always the function.
+name, so `pxd.purify` is always the function; the public names are listed once, in
+`pxd.api.__all__`.
 """
 
-from pxd.errors import PxdError
+import importlib
+
+from pxd.errors import PxdError as PxdError  # cheap: no JAX
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Classifier",
-    "Density",
-    "PxdError",
-    "attack",
-    "bits_per_dim",
-    "feature_squeeze",
-    "load_classifier",
-    "load_dataset",
-    "load_density",
-    "p_values",
-    "purify",
-    "roc_auc",
-    "zoo",
-]
-
-
 def __getattr__(name: str):
-    if name in __all__:
+    # `__all__` and the public names come from pxd.api, imported on first use only
+    if name == "__all__" or (not name.startswith("__") and name != "api"):
         import sys
 
         if "pxd.api" not in sys.modules:  # before JAX, which parses JAX_NUM_CPU_DEVICES
             from pxd.configs.env import check_env
 
             check_env()
-        from pxd import api
-
-        return getattr(api, name)
+        api = importlib.import_module("pxd.api")
+        if name == "__all__":
+            return api.__all__
+        if name in api.__all__:
+            return getattr(api, name)
     raise AttributeError(f"module 'pxd' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(importlib.import_module("pxd.api").__all__))

@@ -19,10 +19,12 @@ from typing import Any
 import jax
 import numpy as np
 
-import pxd as _pkg
 from pxd.errors import PxdError
 
-__all__ = list(_pkg.__all__)  # one list of public names, in pxd/__init__.py
+# the one list of public names; `pxd/__init__.py` forwards these lazily
+__all__ = ["Classifier", "Density", "PxdError", "attack", "bits_per_dim", "feature_squeeze",
+           "load_classifier", "load_dataset", "load_density", "p_values", "purify", "roc_auc",
+           "zoo"]
 
 ATTACK_NAMES = ("rand", "fgsm", "bim", "pgd", "deepfool", "cw")
 

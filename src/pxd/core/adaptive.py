@@ -30,30 +30,27 @@ attack is pulled below T, where the classifier is undefended. The first restart 
 itself rather than at random noise, since noise alone lifts the bits/dim far above T.
 
 All functions are pure and jittable; results stay integral, inside the eps-ball and [0, 255].
-Called on concrete arrays, `bpda_pgd` and `make_bpda_attack`'s attack drive the step loop
-from the host over a jitted step, checking the early stop between steps: a network in a
-`lax` loop body is ~8x slower on CPU (see `pxd.core.attacks`). Under an outer jit the same
-iterates come from `lax` loops.
+The loop is the attacks' PGD (`pxd.core.attacks.sign.pgd_loop`) with a BPDA oracle: called
+on concrete arrays it runs from the host over a jitted step, checking the early stop between
+steps (a network in a `lax` loop body is ~8x slower on CPU; see `pxd.core.attacks.grid`);
+under an outer jit the same iterates come from `lax` loops.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from pxd.core.attacks import (
-    budget,
-    finish,
-    pgd_step_size,
-    project,
-    traced,
-    uniform_int_noise,
-    xent,
-)
+from pxd.core.attacks.grid import as_pytree, finish_staged, xent
+from pxd.core.attacks.sign import pgd_loop, pgd_setup
+from pxd.core.squeeze import feature_squeeze
 from pxd.models.mixture import bits_per_dim
 
 Defence = Callable[[jax.Array], jax.Array]  # float32 integral images -> float32 images
@@ -86,8 +83,6 @@ def identity_defence(x: jax.Array) -> jax.Array:
 
 def squeeze_defence(x: jax.Array) -> jax.Array:
     """Feature squeezing (Appendix C) on float32 integral images."""
-    from pxd.core.purify import feature_squeeze
-
     return feature_squeeze(jnp.round(x)).astype(jnp.float32)
 
 
@@ -123,20 +118,22 @@ def adaptive_pixeldefend_defence(purify: Callable, model, params, eps_defend: in
 
 
 def ce_oracle(logits_fn: Callable, defence: Defence) -> Oracle:
-    """Cross-entropy of the defended classifier; gradient through BPDA(defence)."""
+    """Cross-entropy of the defended classifier; gradient through BPDA(defence). A
+    `Partial`: the arrays of `logits_fn` (and of `defence`, if a `Partial`) are leaves."""
+    return jax.tree_util.Partial(_ce_oracle, as_pytree(logits_fn), as_pytree(defence))
+
+
+def _ce_oracle(logits_fn, defence, x, y):
     through = bpda(defence)
 
-    def oracle(x, y):
-        def loss(z):
-            logits = logits_fn(through(z))
-            ce = xent(logits, y)
-            # summing keeps each example's gradient its own (examples are independent)
-            return ce.sum(), (ce, jnp.argmax(logits, -1) != y)
+    def loss(z):
+        logits = logits_fn(through(z))
+        ce = xent(logits, y)
+        # summing keeps each example's gradient its own (examples are independent)
+        return ce.sum(), (ce, jnp.argmax(logits, -1) != y)
 
-        g, (ce, wrong) = jax.grad(loss, has_aux=True)(x)
-        return g, ce, wrong
-
-    return oracle
+    g, (ce, wrong) = jax.grad(loss, has_aux=True)(x)
+    return g, ce, wrong
 
 
 def _unit(g: jax.Array) -> jax.Array:
@@ -152,18 +149,23 @@ def bpd_and_grad(bpd_fn: Callable[[jax.Array], jax.Array], x: jax.Array):
     return bpd, g_bpd
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _bpd_and_grad(model, dparams, x):
+    return bpd_and_grad(lambda z: density_bpd(model, dparams, z), x)
+
+
 def adaptive_oracle(logits_fn: Callable, defence: Defence, bpd_fn: Callable[[jax.Array],
-                    jax.Array], threshold: float, weight: float = 1.0,
-                    bpd_grad: Callable | None = None) -> Oracle:
+                    jax.Array] | None, threshold: float, weight: float = 1.0,
+                    pre: tuple | None = None) -> Oracle:
     """CE through BPDA(adaptive defence), pulled below the bits/dim threshold (see top).
 
-    `bpd_grad(x)`, when given, supplies `bpd_and_grad(bpd_fn, x)` computed elsewhere (the
-    host path runs it as its own program: see `make_bpda_attack`)."""
+    `pre`, when given, is `bpd_and_grad(bpd_fn, x)` at the x the oracle is asked at,
+    computed by a program of its own (see `_PreparedOracle`)."""
     base = ce_oracle(logits_fn, defence)
 
     def oracle(x, y):
         g_ce, ce, wrong = base(x, y)
-        bpd, g_bpd = bpd_grad(x) if bpd_grad is not None else bpd_and_grad(bpd_fn, x)
+        bpd, g_bpd = pre if pre is not None else bpd_and_grad(bpd_fn, x)
         over = (bpd > threshold).reshape((-1,) + (1,) * (x.ndim - 1))
         d = _unit(g_ce) - weight * jnp.where(over, _unit(g_bpd), 0.0)
         return d, ce - weight * jnp.maximum(bpd - threshold, 0.0), wrong
@@ -174,126 +176,80 @@ def adaptive_oracle(logits_fn: Callable, defence: Defence, bpd_fn: Callable[[jax
 # --------------------------------------------------------------------------- PGD
 
 
-class BPDAState(NamedTuple):
-    """PGD iterate plus the per-image worst case found so far."""
-
-    x_adv: jax.Array  # float32 (N, H, W, C), integral, inside the ball
-    best_x: jax.Array  # float32 (N, H, W, C): misclassified if best_wrong
-    best_wrong: jax.Array  # bool (N,)
-    best_loss: jax.Array  # float32 (N,)
-    step: jax.Array  # int32 scalar
-
-
-def bpda_init(x0: jax.Array) -> BPDAState:
-    n = x0.shape[0]
-    return BPDAState(x0, x0, jnp.zeros((n,), bool), jnp.full((n,), -jnp.inf, jnp.float32),
-                     jnp.zeros((), jnp.int32))
-
-
-def _record(state: BPDAState, x: jax.Array, loss: jax.Array, wrong: jax.Array) -> BPDAState:
-    """Keep x per image if it is misclassified and the best is not, or ties it on loss."""
-    better = (wrong & ~state.best_wrong) | ((wrong == state.best_wrong) & (loss > state.best_loss))
-    keep = better.reshape((-1,) + (1,) * (x.ndim - 1))
-    return state._replace(best_x=jnp.where(keep, x, state.best_x),
-                          best_wrong=state.best_wrong | wrong,
-                          best_loss=jnp.where(better, loss, state.best_loss))
-
-
-def bpda_update(oracle: Oracle, state: BPDAState, x0: jax.Array, y: jax.Array, e: jax.Array,
-                alpha: jax.Array) -> BPDAState:
-    """Judge the current iterate (recording it), then take one projected sign step."""
-    d, loss, wrong = oracle(state.x_adv, y)
-    state = _record(state, state.x_adv, loss, wrong)
-    stepped = project(state.x_adv + alpha * jnp.sign(d), x0, e)
-    return state._replace(x_adv=stepped, step=state.step + 1)
-
-
 def bpda_pgd(oracle: Oracle, x, y, *, eps, key: jax.Array, steps: int = 40,
              alpha: float | None = None, restarts: int = 1, random_start: bool = True,
-             clean_first: bool = False, early_stop: bool = True) -> jax.Array:
+             clean_first: bool = False, early_stop: bool = True,
+             prepare: Callable | None = None) -> jax.Array:
     """PGD with the gradient oracle; uint8 (N, H, W, C) within floor(eps) of x.
 
-    x: uint8 or integral float images (N, H, W, C); y: int labels (N,); eps: L-inf budget
-    on the 0..255 scale, scalar or per example (N,). `steps` and `restarts` are static.
-    With `clean_first` the first restart starts at x (not at random noise). With `early_stop`
-    the loops end once every image of the batch is misclassified: which images are fooled is
-    the same as without it; the example kept per image may be an earlier iterate.
+    The attacks' PGD loop (`pxd.core.attacks.sign.pgd_loop`) with `record`: every iterate
+    the oracle is asked at is judged. x: uint8 or integral float images (N, H, W, C); y: int
+    labels (N,); eps: L-inf budget on the 0..255 scale, scalar or per example (N,). `steps`
+    and `restarts` are static. With `clean_first` the first restart starts at x (not at
+    random noise). With `early_stop` the loops end once every image of the batch is
+    misclassified: which images are fooled is the same as without it; the example kept per
+    image may be an earlier iterate. Pass the oracle as a `jax.tree_util.Partial` (as
+    `ce_oracle` makes it) so that host calls compile once per shape. `prepare(oracle,
+    x_adv) -> oracle`, on the host only, gives the oracle for each step's iterate (see
+    `pgd_loop`).
     """
-    if not traced(x, y, eps, key):
-        def update(s, x0, y, e, a):
-            return bpda_update(oracle, s, x0, y, e, a)
-
-        def judge(s, y):
-            return _judge(oracle, s, y)
-
-        return _bpda_pgd_host(jax.jit(update), jax.jit(judge), x, y, eps=eps, key=key,
-                              steps=steps, alpha=alpha, restarts=restarts,
-                              random_start=random_start, clean_first=clean_first,
-                              early_stop=early_stop)
-    x0, y, e, a = _setup(x, y, eps, alpha)
-
-    def restart(state, inp):
-        k, r = inp
-        state = state._replace(x_adv=_start(x0, e, k, random_start & ~(clean_first & (r == 0))))
-        first = state.step
-
-        def running(s: BPDAState):
-            # once every image is misclassified no later iterate can change the outcome
-            return (s.step - first < steps) & ~(early_stop & jnp.all(s.best_wrong))
-
-        state = lax.while_loop(running, lambda s: bpda_update(oracle, s, x0, y, e, a), state)
-        done = early_stop & jnp.all(state.best_wrong)
-        return lax.cond(done, lambda s: s, lambda s: _judge(oracle, s, y), state), None
-
+    x0, y, e, a, count = pgd_setup(x, y, eps, steps, alpha)
     r = max(1, int(restarts))
-    final, _ = lax.scan(restart, bpda_init(x0), (jax.random.split(key, r), jnp.arange(r)))
-    return finish(final.best_x, x0, e)
-
-
-def _setup(x, y, eps, alpha):
-    x0 = jnp.asarray(x).astype(jnp.float32)
-    e = budget(eps, x0.shape[0])
-    return x0, jnp.asarray(y).astype(jnp.int32), e, pgd_step_size(e, alpha)
-
-
-def _start(x0, e, k, use_noise):
-    noisy = x0 + uniform_int_noise(k, x0.shape, e)
-    return project(jnp.where(use_noise, noisy, x0), x0, e)
-
-
-def _judge(oracle: Oracle, s: BPDAState, y) -> BPDAState:
-    """Record the last iterate, which no update has judged yet."""
-    _, loss, wrong = oracle(s.x_adv, y)
-    return _record(s, s.x_adv, loss, wrong)
-
-
-_setup_jit = jax.jit(_setup, static_argnums=3)
-_start_jit = jax.jit(_start, static_argnums=3)
-_init_jit = jax.jit(bpda_init)
-_finish_jit = jax.jit(finish)
-
-
-def _bpda_pgd_host(update, judge, x, y, *, eps, key, steps, alpha, restarts, random_start,
-                   clean_first, early_stop) -> jax.Array:
-    """`bpda_pgd` with the loops on the host: `update(state, x0, y, e, a)` and
-    `judge(state, y)` are jitted; the same iterates as the traced loops."""
-    x0, y, e, a = _setup_jit(x, y, eps, alpha)
-    r = max(1, int(restarts))
-    keys = jax.random.split(key, r)
-    state = _init_jit(x0)
-    for i in range(r):
-        state = state._replace(x_adv=_start_jit(x0, e, keys[i],
-                                                random_start and not (clean_first and i == 0)))
-        for _ in range(steps):
-            if early_stop and bool(jnp.all(state.best_wrong)):
-                break
-            state = update(state, x0, y, e, a)
-        if not (early_stop and bool(jnp.all(state.best_wrong))):
-            state = judge(state, y)
-    return _finish_jit(state.best_x, x0, e)
+    noise = np.array([random_start and not (clean_first and i == 0) for i in range(r)])
+    best = pgd_loop(oracle, x0, y, e, a, count, jax.random.split(key, r), noise, record=True,
+                    early_stop=early_stop, prepare=prepare)
+    return finish_staged(best, x0, e)
 
 
 # --------------------------------------------------------------------------- glue
+
+
+@dataclasses.dataclass(frozen=True)
+class _DefendedOracle:
+    """`oracle(logits_fn, dparams, x, y)` of one defence. Its settings are compared by value,
+    so two attacks made alike share their compiled steps (jit keys on the function)."""
+
+    defence_name: str
+    purify: Callable | None
+    density_model: Any
+    eps_defend: int
+    threshold: float | None
+    bpd_weight: float
+
+    def of(self, logits_fn, dparams) -> Oracle:
+        if self.defence_name == "none":
+            return ce_oracle(logits_fn, identity_defence)
+        if self.defence_name == "feature-squeeze":
+            return ce_oracle(logits_fn, squeeze_defence)
+        if self.defence_name == "pixeldefend":
+            return ce_oracle(logits_fn, pixeldefend_defence(self.purify, dparams,
+                                                            self.eps_defend))
+        model = self.density_model
+        defence = adaptive_pixeldefend_defence(self.purify, model, dparams, self.eps_defend,
+                                               self.threshold)
+        return adaptive_oracle(logits_fn, defence, lambda z: density_bpd(model, dparams, z),
+                               self.threshold, self.bpd_weight)
+
+    def __call__(self, logits_fn, dparams, x, y):
+        return self.of(logits_fn, dparams)(x, y)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PreparedOracle:
+    """Adaptive PixelDefend's oracle given the bits/dim and its gradient at x (`pre`),
+    computed beforehand by `_bpd_and_grad`, a program of its own. In one program with the
+    purifier, XLA:CPU (jaxlib 0.10.2) returned on some calls a bits/dim gradient whose
+    first 960 floats of a device's batch (rows 0-9 of a shard's first image) differed from
+    run to run (issue 27); the two parts alone are deterministic."""
+
+    base: _DefendedOracle
+
+    def __call__(self, logits_fn, dparams, pre, x, y):
+        b = self.base
+        defence = adaptive_pixeldefend_defence(b.purify, b.density_model, dparams,
+                                               b.eps_defend, b.threshold)
+        return adaptive_oracle(logits_fn, defence, None, b.threshold, b.bpd_weight,
+                               pre=pre)(x, y)
 
 
 def make_bpda_attack(defence_name: str, *, density_model=None, purify: Callable | None = None,
@@ -315,58 +271,22 @@ def make_bpda_attack(defence_name: str, *, density_model=None, purify: Callable 
     if defence_name not in _DEFENCES:
         raise ValueError(f"unknown defence {defence_name!r}")
 
-    def oracle_of(logits_fn, dparams, pre=None) -> tuple[Oracle, bool]:
-        if defence_name == "none":
-            return ce_oracle(logits_fn, identity_defence), False
-        if defence_name == "feature-squeeze":
-            return ce_oracle(logits_fn, squeeze_defence), False
-        if defence_name == "pixeldefend":
-            return ce_oracle(logits_fn, pixeldefend_defence(purify, dparams, eps_defend)), False
-        if defence_name == "adaptive-pixeldefend":
-            defence = adaptive_pixeldefend_defence(purify, density_model, dparams, eps_defend,
-                                                   threshold)
-            oracle = adaptive_oracle(logits_fn, defence,
-                                     lambda z: density_bpd(density_model, dparams, z),
-                                     threshold, bpd_weight,
-                                     None if pre is None else lambda z: pre)
-            return oracle, True
-        raise ValueError(f"unknown defence {defence_name!r}")
-
-    @jax.jit
-    def traced_run(logits_fn, dparams, x, y, eps, key):
-        oracle, clean_first = oracle_of(logits_fn, dparams)
-        return bpda_pgd(oracle, x, y, eps=eps, key=key, steps=steps, alpha=alpha,
-                        restarts=restarts, clean_first=clean_first)
-
-    @jax.jit
-    def update(logits_fn, dparams, s, x0, y, e, a, pre):
-        return bpda_update(oracle_of(logits_fn, dparams, pre)[0], s, x0, y, e, a)
-
-    @jax.jit
-    def judge(logits_fn, dparams, s, y, pre):
-        return _judge(oracle_of(logits_fn, dparams, pre)[0], s, y)
-
+    oracle = _DefendedOracle(defence_name, purify, density_model, eps_defend, threshold,
+                             bpd_weight)
     clean_first = defence_name == "adaptive-pixeldefend"
 
-    # Adaptive PixelDefend's bits/dim gradient runs as its own program, never beside the
-    # purifier (which it does not depend on): in one program XLA:CPU (jaxlib 0.10.2, two
-    # devices) returned, on about half the calls, a gradient whose first 960 values on a
-    # device (ten rows of its first image) differed (issue 27). Each alone is reproducible.
-    @jax.jit
-    def bpd_grad(dparams, x):
-        return bpd_and_grad(lambda z: density_bpd(density_model, dparams, z), x)
-
-    def pre_of(dparams, s):
-        return bpd_grad(dparams, s.x_adv) if clean_first else None
+    prepared = _PreparedOracle(oracle)
 
     def run(logits_fn, dparams, x, y, eps, key):
-        if traced(logits_fn, dparams, x, y, eps, key):
-            return traced_run(logits_fn, dparams, x, y, eps, key)
-        return _bpda_pgd_host(
-            lambda s, x0, y, e, a: update(logits_fn, dparams, s, x0, y, e, a,
-                                          pre_of(dparams, s)),
-            lambda s, y: judge(logits_fn, dparams, s, y, pre_of(dparams, s)), x, y, eps=eps,
-            key=key, steps=steps, alpha=alpha, restarts=restarts, random_start=True,
-            clean_first=clean_first, early_stop=True)
+        # the classifier's and density's arrays are leaves: one compilation per shape
+        o = jax.tree_util.Partial(oracle, as_pytree(logits_fn), dparams)
+        prepare = None
+        if defence_name == "adaptive-pixeldefend":
+            def prepare(_, x_adv):
+                pre = _bpd_and_grad(density_model, dparams, x_adv)
+                return jax.tree_util.Partial(prepared, as_pytree(logits_fn), dparams, pre)
+        return bpda_pgd(o, x, y, eps=eps, key=key, steps=steps, alpha=alpha,
+                        restarts=restarts, random_start=True, clean_first=clean_first,
+                        early_stop=True, prepare=prepare)
 
     return run

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from pxd.core import attacks
-from pxd.core.purify import feature_squeeze_jit
+from pxd.core.squeeze import feature_squeeze_jit
 from pxd.engine import devices
+from pxd.engine.active import ActiveBatch
 from pxd.errors import PxdError
 
 
@@ -70,14 +71,15 @@ def evaluate_accuracy(logits_fn, x: np.ndarray, y: np.ndarray, *, batch_size: in
 
 @functools.cache
 def _jitted_attack(name: str, opts: tuple):
-    attack = attacks.ATTACKS[name]
+    spec = attacks.ATTACKS[name]
+    kw = dict(opts, host_batch=ActiveBatch) if spec.host_batch else dict(opts)
 
     def run(logits_fn, x, y, eps, batch_index, key):
         k = jax.random.fold_in(key, batch_index)
-        return attack(logits_fn, x, y, eps=eps, key=k, **dict(opts))
+        return spec.fn(logits_fn, x, y, eps=eps, key=k, **kw)
 
     # iterative attacks jit their own steps and drive the loop from the host (fast on CPU)
-    return run if name in attacks.ITERATIVE else jax.jit(run)
+    return run if spec.iterative else jax.jit(run)
 
 
 def craft(attack_name: str, logits_fn, x: np.ndarray, y: np.ndarray, *, eps, key: jax.Array,

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import inspect
-
 from pxd.commands.bench.paper import DEFENCES, KNOWN_ATTACKS, PAPER_ATTACKS
 from pxd.configs.base import check_eps
 from pxd.errors import PxdError
@@ -73,9 +71,7 @@ def parse_attack_opts(items: list[str] | None) -> dict[str, dict]:
                            "e.g. cw.search_steps=2")
         if attack not in attacks.ATTACKS:
             raise PxdError(f"--attack-opt {item!r}: unknown attack {attack!r}")
-        params = inspect.signature(attacks.ATTACKS[attack]).parameters
-        allowed = [p for p, v in params.items() if v.kind == v.KEYWORD_ONLY
-                   and p not in ("eps", "key")]
+        allowed = list(attacks.ATTACKS[attack].defaults())
         if opt not in allowed:
             raise PxdError(f"--attack-opt {item!r}: {attack} has no option {opt!r} "
                            f"(options: {', '.join(allowed) or 'none'})")

@@ -3,7 +3,8 @@ the adaptive threshold's margin, and how a cell is printed ('07/00/00')."""
 
 from __future__ import annotations
 
-import numpy as np
+from pxd.core.attacks import ATTACKS, EPS_FREE
+from pxd.core.attacks import bim_steps as bim_steps  # Kurakin's count, written once there
 
 DEFENCES = ("none", "feature-squeeze", "pixeldefend", "adaptive-pixeldefend")
 
@@ -11,15 +12,15 @@ DEFENCES = ("none", "feature-squeeze", "pixeldefend", "adaptive-pixeldefend")
 PAPER_ATTACKS = ("rand", "fgsm", "bim", "deepfool", "cw")  # `--attack all`
 
 
-KNOWN_ATTACKS = PAPER_ATTACKS + ("pgd",)
+KNOWN_ATTACKS = tuple(ATTACKS)  # the paper's five, then pgd
 
 
 PAPER_EPS = (2, 8, 16)
 
 
-TITLES = {"clean": "CLEAN", "rand": "RAND", "fgsm": "FGSM", "bim": "BIM",
-          "deepfool": "DEEPFOOL", "cw": "CW", "pgd": "PGD", "strongest": "STRONGEST ATTACK",
-          "worst": "WORST CASE PER IMAGE", "adaptive": "ADAPTIVE (BPDA)"}
+TITLES = {"clean": "CLEAN", **{a: spec.title for a, spec in ATTACKS.items()},
+          "strongest": "STRONGEST ATTACK", "worst": "WORST CASE PER IMAGE",
+          "adaptive": "ADAPTIVE (BPDA)"}
 
 
 ARCH_TITLES = {"resnet": "ResNet", "vgg": "VGG"}
@@ -81,7 +82,7 @@ PAPER_TABLE1: dict[tuple[str, str, str], dict[str, str]] = {
 
 
 # DeepFool and CW find a minimal perturbation, then clip it to the eps-ball (Appendix A).
-EPS_FREE_ATTACKS = ("deepfool", "cw")
+EPS_FREE_ATTACKS = EPS_FREE
 
 
 BATCH_DEPENDENT_ATTACKS = ("rand", "pgd", "cw")
@@ -113,8 +114,3 @@ def paper_cell(ref: str | None, eps_list: list[int]) -> str:
         return "--"
     by_eps = dict(zip(PAPER_EPS, ref.split("/"), strict=True))
     return "/".join(by_eps.get(e, "--") for e in eps_list)
-
-
-def bim_steps(eps: int) -> int:
-    """Kurakin et al.'s count floor(min(eps + 4, 1.25 eps)), as attacks.bim uses."""
-    return int(np.floor(min(eps + 4, 1.25 * eps)))

@@ -3,15 +3,12 @@
 - purification: the literal Algorithm 1 (one forward per sub-pixel) against the fast exact
   path on the same images, outputs compared; plus the compute floor (plain forwards).
 - density training: images/s of the train step on one device against all devices.
-- attacks (eps 8, 100 images): pxd against an eager baseline, a Python loop calling one
-  jitted step on one device (as eager libraries run), interleaved in the same run; BIM also
-  against its old `lax.fori_loop` form.
+- attacks (speed_attacks.py): pxd against an eager baseline, first calls and warm.
 - classifier training: s per epoch per technique; adversarial BIM over normal as a ratio.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 
 import jax
@@ -190,143 +187,6 @@ def bench_train(model, x: np.ndarray, *, batch: int, steps: int) -> dict:
     return out
 
 
-# options of the attacks timed at eps 8 (CW as in foolbox's 5 x 100 reference run)
-ATTACK_SPEED_OPTS = {"bim": {}, "pgd": {}, "deepfool": {}, "cw": {"max_iterations": 100}}
-
-
-def eager_baseline(name: str, lf, x: np.ndarray, y: np.ndarray, *, eps: float, key,
-                   opts: dict) -> np.ndarray:
-    """The attack as an eager library runs it: a Python loop calling one jitted step at a
-    time on the default device (no sharding), exits checked after every step. It computes
-    the same iterates as pxd (the bench reports whether the images agree)."""
-    import jax.numpy as jnp
-
-    from pxd.core import attacks as A
-
-    f = A.as_pytree(lf)
-    step = _baseline_steps()
-    x0, y0 = jnp.asarray(x).astype(jnp.float32), jnp.asarray(y, jnp.int32)
-    e = A.budget(eps, len(x))
-    if name in ("bim", "pgd"):
-        if name == "bim":
-            _, _, e, count, a = A._bim_setup(x0, y0, eps, opts.get("steps"), 1.0)
-            starts = [x0]
-        else:
-            _, _, e, a, count = A._pgd_setup(x0, y0, eps, opts.get("steps"), None)
-            keys = jax.random.split(key, max(1, opts.get("restarts", 1)))
-            starts = [A._pgd_start(x0, e, k, True) for k in keys]
-        best = A._pgd_best_init(x0)
-        for start in starts:
-            s = A.sign_init(start)
-            for _ in range(int(jnp.max(count))):
-                s = step["sign"](f, s, x0, y0, e, a, count)
-            if name == "bim":
-                return np.asarray(A.finish(s.x_adv, x0, e))
-            best = A._pgd_keep(f, best, s.x_adv, y0)
-        return np.asarray(A.finish(best[0], x0, e))
-    if name == "deepfool":
-        x0, y0, cand, s = A._deepfool_setup(f, x0, y0, None)
-        for _ in range(opts.get("max_iter", 50)):
-            if not bool(jnp.any(s.active)):
-                break
-            s = step["deepfool"](f, s, x0, y0, cand)
-        return np.asarray(A.finish(A._deepfool_result(x0, s.r_tot, 0.02), x0, e))
-    if name == "cw":
-        cw_opts = dict(max_iterations=opts.get("max_iterations", 200), learning_rate=1e-2,
-                       confidence=0.0, quantize=True, abort_early=True)
-        x0, y0, w0, st = A._cw_setup(x0, y0, 10.0)
-        for _ in range(opts.get("search_steps", 5)):
-            c = A._cw_round_init(st, w0, learning_rate=1e-2)
-            while int(c.i) < cw_opts["max_iterations"] and not bool(jnp.all(c.stop)):
-                c = step["cw"](f, c, x0, y0, st.const, **cw_opts)
-            st = A._cw_round_end(st, c)
-        return np.asarray(A.finish(st.best_x, x0, e))
-    raise ValueError(name)
-
-
-@functools.cache
-def _baseline_steps() -> dict:
-    from pxd.core import attacks as A
-
-    return {
-        "sign": jax.jit(A.sign_update),
-        "deepfool": jax.jit(lambda f, s, x0, y, c: A._deepfool_step(f, s, x0, y, c, 0.02,
-                                                                    True)),
-        "cw": jax.jit(A._cw_step, static_argnames=("max_iterations", "learning_rate",
-                                                   "confidence", "quantize", "abort_early")),
-    }
-
-
-def bench_attacks(lf, x: np.ndarray, y: np.ndarray, *, eps: float, batch: int,
-                  rep: Reporter, opts: dict | None = None) -> dict:
-    """Images/s of each iterative attack against the eager baseline, same images, same run.
-
-    Order per attack: compile both, then baseline, pxd, baseline, pxd (interleaved, so a
-    change in the machine's load hits both); each figure is the faster of its two runs.
-    pxd = `engine.batched.craft`, as `pxd attack` and `pxd bench` run it (all devices).
-    """
-    from pxd.engine.batched import craft
-
-    opts = ATTACK_SPEED_OPTS if opts is None else opts
-    x, y = x[:batch], y[:batch].astype(np.int32)
-    key = jax.random.key(0)
-    d0 = jax.devices()[0]
-    xb, yb = jax.device_put(x, d0), jax.device_put(y, d0)
-    out = {}
-    for name, o in opts.items():
-        rep.info(f"attack speed: {name} (eager baseline vs pxd), {len(x)} images")
-
-        def base(name=name, o=o):
-            return eager_baseline(name, lf, xb, yb, eps=eps, key=jax.random.fold_in(key, 0),
-                                  opts=o)
-
-        def ours(name=name, o=o):
-            return craft(name, lf, x, y, eps=eps, key=key, batch_size=batch, **o)
-
-        ref, mine = base(), ours()  # compile (and the outputs, compared below)
-        tb, tp = [], []
-        for _ in range(2):
-            for fn, ts in ((base, tb), (ours, tp)):
-                t = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t)
-        out[name] = {"options": o, "baseline_images_per_s": len(x) / min(tb),
-                     "pxd_images_per_s": len(x) / min(tp), "ratio": min(tb) / min(tp),
-                     "baseline_s": tb, "pxd_s": tp,
-                     "same_images": bool(np.array_equal(ref, mine))}
-    return out
-
-
-def bench_old_loop(lf, x: np.ndarray, y: np.ndarray, *, eps: float) -> dict:
-    """BIM as pxd ran it before issue 12 (the whole attack jitted, steps in a
-    `lax.fori_loop`) against the host-driven chunks, same images."""
-    import jax.numpy as jnp
-
-    from pxd.core import attacks as A
-    from pxd.engine.batched import craft
-
-    f = A.as_pytree(lf)
-
-    @jax.jit
-    def old(f, x, y):
-        x0, y0, e, count, a = A._bim_setup(x, y, eps, None, 1.0)
-        body = lambda _, s: A.sign_update(f, s, x0, y0, e, a, count)  # noqa: E731
-        s = jax.lax.fori_loop(0, jnp.max(count), body, A.sign_init(x0))
-        return A.finish(s.x_adv, x0, e)
-
-    y = y.astype(np.int32)
-    a = np.asarray(old(f, x, y))
-    craft("bim", lf, x, y, eps=eps, key=jax.random.key(0), batch_size=len(x))
-    t = time.perf_counter()
-    old(f, x, y).block_until_ready()
-    t_old = time.perf_counter() - t
-    t = time.perf_counter()
-    b = craft("bim", lf, x, y, eps=eps, key=jax.random.key(0), batch_size=len(x))
-    t_new = time.perf_counter() - t
-    return {"lax_loop_images_per_s": len(x) / t_old, "pxd_images_per_s": len(x) / t_new,
-            "ratio": t_old / t_new, "same_images": bool(np.array_equal(a, b))}
-
-
 def bench_clf_training(x: np.ndarray, y: np.ndarray, *, steps: int) -> dict:
     """Seconds per CIFAR-10 epoch of the cpu ResNet for each training technique."""
     from pxd.configs.classifier import clf_config
@@ -415,6 +275,8 @@ def run_bench_speed(*, density: str | None, preset: str = "cpu", n_fast: int = 6
             clf_path = zoo.default_path("classifier", (32, 32, 3))
             cm, cv, _, _ = load_classifier(clf_path)
             lf = make_logits_fn(cm, cv["params"], cv.get("batch_stats", {}))
+            from pxd.commands.bench.speed_attacks import bench_attacks, bench_old_loop
+
             res["attacks"] = bench_attacks(lf, xa, ya, eps=8.0, batch=min(n_attack, 100),
                                            rep=rep)
             rep.info("attack speed: BIM in a lax loop (before issue 12) vs pxd")
@@ -451,10 +313,14 @@ def run_bench_speed(*, density: str | None, preset: str = "cpu", n_fast: int = 6
                  f"reference {q['reference_images_per_s_scaled']:.2g} scaled from "
                  f"{q['reference_positions_timed']} sub-pixels ({q['cached_vs_reference']:.0f}x); "
                  f"{q['fraction_of_floor']:.2f} of the two-forward floor")
-    for name, r in res.get("attacks", {}).items():
-        rep.text(f"attack {name} eps 8: pxd {r['pxd_images_per_s']:.1f} img/s, eager baseline "
-                 f"{r['baseline_images_per_s']:.1f} ({r['ratio']:.2f}x; same images: "
-                 f"{r['same_images']})")
+    if res.get("attacks"):
+        from pxd.commands.bench.speed_attacks import attack_rows
+
+        rep.table("attacks at eps 8, s per call (first: in this process; new eps: eps 16 "
+                  "after 8, then again)",
+                  ["attack", "pxd first", "pxd warm", "pxd eps 16", "pxd eps 16 again",
+                   "eager first", "eager warm", "eager eps 16", "warm ratio", "same images"],
+                  attack_rows(res["attacks"]))
     if "attack_bim_lax_loop" in res:
         r = res["attack_bim_lax_loop"]
         rep.text(f"BIM eps 8: pxd {r['pxd_images_per_s']:.1f} img/s, lax loop "
