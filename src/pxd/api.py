@@ -153,9 +153,8 @@ def check_attack_options(name: str, options: dict) -> dict:
 
     if name not in attacks.ATTACKS:
         raise PxdError(f"unknown attack '{name}' (choose from {', '.join(ATTACK_NAMES)})")
-    params = inspect.signature(attacks.ATTACKS[name]).parameters
-    allowed = [p for p, v in params.items() if v.kind == v.KEYWORD_ONLY
-               and p not in ("eps", "key")]
+    params = inspect.signature(attacks.ATTACKS[name].fn).parameters
+    allowed = list(attacks.ATTACKS[name].defaults())
     out = {}
     for opt, v in options.items():
         if opt not in allowed:

@@ -17,10 +17,16 @@ _SIGINT = {"armed": False, "pending": False}
 
 def on_sigint(signum, frame) -> None:
     """The CLI's SIGINT handler: Interrupted once armed, else remembered."""
-    if not _SIGINT["armed"]:
-        _SIGINT["pending"] = True
-        return
-    raise Interrupted()
+    _SIGINT["pending"] = True  # kept: a raise inside a gc callback is printed and lost
+    if _SIGINT["armed"]:
+        raise Interrupted()
+
+
+def raise_pending() -> None:
+    """Raise a Ctrl-C whose Interrupted was lost (progress updates call this)."""
+    if _SIGINT["armed"] and _SIGINT["pending"]:
+        _SIGINT["pending"] = False
+        raise Interrupted()
 
 
 def arm_interrupts(armed: bool = True) -> None:

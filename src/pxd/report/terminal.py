@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from pxd.configs.env import env_number
+from pxd.errors import raise_pending
 
 
 class Reporter:
@@ -86,7 +87,7 @@ class Reporter:
     def progress(self, description: str, total: int):
         """Yields `advance(n, **fields)`; fields (e.g. bpd, img/s) show beside the bar."""
         if self.quiet:
-            yield lambda n=1, **kw: None
+            yield lambda n=1, **kw: raise_pending()
             return
         if not self.err.is_terminal:  # a log: plain lines, not redraws nobody sees
             with self._log_progress(description, total) as advance:
@@ -106,6 +107,7 @@ class Reporter:
             task = prog.add_task(description, total=total, extra="")
 
             def advance(n=1, **kw):
+                raise_pending()
                 extra = "  ".join(f"{k} {fmt(v)}" for k, v in kw.items())
                 prog.update(task, advance=n, extra=extra)
 
@@ -130,6 +132,7 @@ class Reporter:
 
         def advance(n=1, **kw):
             nonlocal last
+            raise_pending()
             done[0] += n
             now = time.perf_counter()
             if now - last >= every and done[0] < total:
