@@ -143,7 +143,7 @@ def _cpu() -> str:
 
 
 def _take(src: str, wall_s: float, conditions: str, commit: str | None,
-          venv_s: float | None) -> None:
+          venv_s: float | None, where: str = "a fresh clone") -> None:
     info = _load(os.path.join(src, "results.json"))
     os.makedirs(DEMO, exist_ok=True)
     for f in ("results.json", "report.md"):
@@ -153,7 +153,7 @@ def _take(src: str, wall_s: float, conditions: str, commit: str | None,
     run = dict(date=info["date"].split()[0], machine=f"{_cpu()}, {info['machine']}",
                commit=commit,
                wall_s=wall_s, conditions=conditions,
-               how="`time make demo` in a fresh clone, after its `make venv`"
+               how=f"`time make demo` in {where}, after its `make venv`"
                + (f" of {_mmss(venv_s)}" if venv_s is not None else ""))
     from pxd.storage.files import write_json
 
@@ -170,13 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wall-s", type=float, help="with --take: `time make demo` seconds")
     ap.add_argument("--conditions", default="", help="with --take: the machine's load")
     ap.add_argument("--venv-s", type=float, help="with --take: `time make venv` seconds")
+    ap.add_argument("--where", default="a fresh clone",
+                    help="with --take: where it ran (default: a fresh clone)")
     ap.add_argument("--commit", help="with --take: the commit it ran (default: HEAD here)")
     a = ap.parse_args(argv)
     ref_path = os.path.join(DEMO, "results.json")
     if a.take:
         if a.wall_s is None:
             ap.error("--take needs --wall-s")
-        _take(a.take, a.wall_s, a.conditions, a.commit, a.venv_s)
+        _take(a.take, a.wall_s, a.conditions, a.commit, a.venv_s, a.where)
         print(f"docs/demo/ now holds {a.take}'s run; README.md rewritten from it")
         a.write = True
     if a.diff:
