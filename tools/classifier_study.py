@@ -17,10 +17,11 @@ Every input must use one density model and one eps_defend.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import numpy as np
+
+from pxd.storage import files
 
 PAPER_CLEAN = 0.92  # the paper's ResNet, Table 1
 PAPER_PD = {"clean": 0.85, "2": 0.71, "8": 0.46, "16": 0.24}  # ResNet + PixelDefend, strongest
@@ -173,9 +174,9 @@ def plot(s: dict, path: str) -> None:
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=120)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)
 
 
 def main(argv=None) -> None:
@@ -187,14 +188,10 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     results = []
     for path in a.results:
-        with open(path) as f:
-            results.append(json.load(f))
+        results.append(files.read_json(path))
     s = study(results, a.clf, a.training)
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "study.json"), "w") as f:
-        json.dump(s, f, indent=1)
-    with open(os.path.join(a.out, "study.md"), "w") as f:
-        f.write(markdown(s))
+    files.write_json(os.path.join(a.out, "study.json"), s, indent=1)
+    files.write_text(os.path.join(a.out, "study.md"), markdown(s))
     plot(s, os.path.join(a.out, "pixeldefend_vs_clean.png"))
     print(markdown(s))
 

@@ -17,11 +17,12 @@ OUT/eps_defend.png (the curves with their bands; the paper's 16 marked).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
+
+from pxd.storage import files
 
 DEFAULT_EPS_DEFEND = (0, 2, 4, 8, 12, 16, 24, 32)
 PAPER_EPS_DEFEND = 16
@@ -42,20 +43,15 @@ def run_one(a, e: float, extra: list[str]) -> dict:
     path = os.path.join(a.out, "runs", f"eps_{e:g}.json")
     cmd = bench_command(a, e, extra)
     if os.path.exists(path):
-        with open(path) as f:
-            kept = json.load(f)
+        kept = files.read_json(path)
         if kept.get("sweep_command") == cmd:
             return kept
     t0 = time.time()
     print(f"eps_defend {e:g}: {' '.join(cmd)}", flush=True)
     subprocess.run(cmd, check=True)
-    with open(os.path.join(a.bench_out, "results.json")) as f:
-        res = json.load(f)
+    res = files.read_json(os.path.join(a.bench_out, "results.json"))
     res.update(sweep_command=cmd, sweep_wall_s=time.time() - t0)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(res, f, indent=1, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    files.write_json(path, res, indent=1, sort_keys=True)
     return res
 
 
@@ -104,7 +100,8 @@ def dominating(table: dict) -> list[dict]:
     for e, t in table.items():
         if e == f"{PAPER_EPS_DEFEND:g}":
             continue
-        pairs = [(t["clean"][k], ref["clean"][k]) for k in list(t["clean"])[:1]]
+        k0 = next(iter(t["clean"]))  # clean accuracy is the same cell at every eps
+        pairs = [(t["clean"][k0], ref["clean"][k0])]
         pairs += [(t["strongest"][k], ref["strongest"][k]) for k in t["strongest"]]
         if all(a[0] >= b[0] for a, b in pairs) and any(a[0] > b[0] for a, b in pairs):
             found.append({"eps_defend": e, "significant": any(a[1] > b[2] for a, b in pairs)})
@@ -178,9 +175,9 @@ def plot(s: dict, path: str) -> None:
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=120)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)
 
 
 def main(argv=None) -> None:
@@ -203,15 +200,12 @@ def main(argv=None) -> None:
     runs = {}
     for e in eps_list:
         if a.aggregate_only:
-            with open(os.path.join(a.out, "runs", f"eps_{e:g}.json")) as f:
-                runs[e] = json.load(f)
+            runs[e] = files.read_json(os.path.join(a.out, "runs", f"eps_{e:g}.json"))
         else:
             runs[e] = run_one(a, e, extra)
     s = summarise(runs)
-    with open(os.path.join(a.out, "sweep.json"), "w") as f:
-        json.dump(s, f, indent=1)
-    with open(os.path.join(a.out, "sweep.md"), "w") as f:
-        f.write(markdown(s))
+    files.write_json(os.path.join(a.out, "sweep.json"), s, indent=1)
+    files.write_text(os.path.join(a.out, "sweep.md"), markdown(s))
     plot(s, os.path.join(a.out, "eps_defend.png"))
     print(markdown(s))
 

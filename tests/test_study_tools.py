@@ -1,0 +1,59 @@
+"""tools/classifier_study.py and tools/eps_defend_sweep.py: the numbers they report are the
+bench's cells, their lines and dominance rule are exact on cases worked by hand."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
+GRID = os.path.join(os.path.dirname(__file__), "..", "docs", "table1-n300", "all",
+                    "results.json")
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_classifier_study_reports_the_bench_cells():
+    cs = _tool("classifier_study")
+    with open(GRID) as f:
+        res = json.load(f)
+    s = cs.study([res], None, training="normal")
+    assert {c["training"] for c in s["classifiers"]} == {"normal"}
+    rows = {(r["classifier"], r["defence"]): r for r in res["rows"]}
+    for c in s["classifiers"]:
+        pd, none = rows[(c["path"], "pixeldefend")], rows[(c["path"], "none")]
+        assert c["pd_clean"]["acc"] == pd["acc"]["clean"]["2"]
+        assert c["pd_strongest"]["8"]["ci95"] == pd["ci95"]["strongest"]["8"]
+        assert c["purification_cost"] == none["acc"]["clean"]["2"] - pd["acc"]["clean"]["2"]
+    assert [c["test_acc"] for c in s["classifiers"]] == sorted(c["test_acc"]
+                                                              for c in s["classifiers"])
+
+
+def test_classifier_study_line_is_exact_on_a_line():
+    cs = _tool("classifier_study")
+    f = cs.fit([0.80, 0.85, 0.90], [0.30, 0.20, 0.10])
+    assert f["slope"] == pytest.approx(-2.0) and f["slope_se"] == pytest.approx(0, abs=1e-9)
+    assert f["at_paper_clean"] == pytest.approx(0.06)
+    assert cs.fit([0.8], [0.3]) is None and cs.fit([0.8, 0.8], [0.3, 0.2]) is None
+
+
+def test_eps_defend_dominance_rule():
+    sw = _tool("eps_defend_sweep")
+
+    def cells(clean, *strongest, width=0.01):
+        def c(v):
+            return (v, v - width, v + width, 0, 300)
+        return {"clean": {"2": c(clean), "8": c(clean)},
+                "strongest": {"2": c(strongest[0]), "8": c(strongest[1])}}
+
+    table = {"16": cells(0.80, 0.50, 0.20), "8": cells(0.85, 0.50, 0.20),
+             "4": cells(0.90, 0.60, 0.10), "24": cells(0.805, 0.505, 0.20)}
+    found = {d["eps_defend"]: d["significant"] for d in sw.dominating(table)}
+    assert found == {"8": True, "24": False}  # 4 loses at eps 8; 24 wins within intervals
+    assert sw.dominating({"8": table["8"]}) == []  # no paper setting in the sweep
