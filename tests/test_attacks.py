@@ -412,3 +412,18 @@ def test_chunks():
 
     assert chunks(0) == [] and chunks(2, 4) == [2] and chunks(7, 4) == [4, 2, 1]
     assert chunks(10, 4) == [4, 4, 2] and sum(chunks(50, 4)) == 50
+
+
+def test_one_list_of_attack_names():
+    """The JAX-free names the CLI and the API read are the registry's, in its order, and the
+    CLI's help offers every one (a new attack added to one place only fails here)."""
+    from typer.testing import CliRunner
+
+    import pxd.api
+    from pxd.cli import app
+    from pxd.configs.attacks import ATTACK_NAMES, PAPER_ATTACKS
+
+    assert tuple(ATTACKS) == ATTACK_NAMES == pxd.api.ATTACK_NAMES
+    assert set(PAPER_ATTACKS) < set(ATTACK_NAMES)
+    out = CliRunner().invoke(app, ["attack", "--help"], env={"COLUMNS": "200"}).output
+    assert all(n in out for n in ATTACK_NAMES), out

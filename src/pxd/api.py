@@ -19,6 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from pxd.configs.attacks import ATTACK_NAMES  # the registry's names, JAX-free
+from pxd.engine import compile_cache
 from pxd.errors import PxdError
 
 # the one list of public names; `pxd/__init__.py` forwards these lazily
@@ -26,7 +28,7 @@ __all__ = ["Classifier", "Density", "PxdError", "attack", "bits_per_dim", "featu
            "load_classifier", "load_dataset", "load_density", "p_values", "purify", "roc_auc",
            "zoo"]
 
-ATTACK_NAMES = ("rand", "fgsm", "bim", "pgd", "deepfool", "cw")
+compile_cache.enable(default_on=False)  # only when PXD_COMPILATION_CACHE asks (see that module)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

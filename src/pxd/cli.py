@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from pxd import __version__
+from pxd.configs.attacks import ATTACK_NAMES, PAPER_ATTACKS, choices
 from pxd.errors import Interrupted, PxdError, arm_interrupts, interrupt_pending, on_sigint
 
 app = typer.Typer(
@@ -74,7 +75,7 @@ def _setup(devices: int | None, distributed: bool = False, quiet: bool = False,
 
     if verbose:
         quiet_third_party(False)
-    dev.setup(devices, distributed)
+    dev.setup(devices, distributed, compile_cache=True)  # PXD_COMPILATION_CACHE=off: none
     arm_interrupts()  # JAX is loaded: Ctrl-C may now stop the command where it is
     if distributed and dev.processes()[0] != 0:  # process 0 reports for all
         return Reporter(silent=True)
@@ -305,7 +306,7 @@ def attack_cmd(
         "--clf", help="Classifier run dir or shipped model name (default: the zoo's for the "
         "images' dataset; see pxd zoo).")] = None,
     attack: Annotated[str, typer.Option(
-        "--attack", help="rand, fgsm, bim, deepfool, cw or pgd.")] = "fgsm",
+        "--attack", help=choices() + ".")] = "fgsm",
     eps: Annotated[float, typer.Option(
         "--eps-attack", callback=_finite("--eps-attack", eps=True),
         help="L-inf budget in pixel units (0..255).")] = 8.0,
@@ -334,7 +335,8 @@ def attack_cmd(
 @app.command("bench")
 def bench(
     attack: Annotated[str, typer.Option(
-        "--attack", help="all (rand,fgsm,bim,deepfool,cw) or a comma list (pgd too).")] = "all",
+        "--attack", help=f"all ({','.join(PAPER_ATTACKS)}) or a comma list of "
+        f"{','.join(ATTACK_NAMES)}.")] = "all",
     eps_attack: Annotated[str, typer.Option(
         "--eps-attack", help="Comma list of L-inf budgets, 0-255 scale.")] = "2,8,16",
     clf: Annotated[list[str] | None, typer.Option(
@@ -372,7 +374,7 @@ def bench(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
     paper_images: Annotated[int, typer.Option(
         min=0, help="With --speed: batch for the paper preset's cached purify (0: skip; "
-                    "64-256 on a GPU).")] = 2,
+                    "64-256 on a GPU; below 8 the path is weight-bandwidth bound).")] = 16,
     data_dir: DataDir = None,
     seed: Seed = 0,
     devices: Devices = None,

@@ -119,4 +119,4 @@ class SpeedConfig:
     density: str | None = None
     batch_size: int = 32
     data_dir: str | None = None
-    paper_images: int = 2  # the paper preset's cached purify batch (0: skip that part)
+    paper_images: int = 16  # the paper preset's cached purify batch (0: skip that part)

@@ -26,22 +26,37 @@ import numpy as np
 _CONFIGURED = False
 
 
-def setup(num_cpu_devices: int | None = None, distributed: bool = False) -> None:
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def setup(num_cpu_devices: int | None = None, distributed: bool = False, *,
+          compile_cache: bool = False) -> None:
     """Configure JAX before its first computation.
 
-    `num_cpu_devices` defaults to `JAX_NUM_CPU_DEVICES` or the number of cores.
+    `num_cpu_devices` defaults to `JAX_NUM_CPU_DEVICES` or the cores this process may run on
+    (so `taskset -c 0` gives one device, not two sharing a core).
     `distributed` calls the standard `jax.distributed.initialize()` (multi-host).
+    `compile_cache`: the persistent compilation cache on unless `PXD_COMPILATION_CACHE`
+    says off (`pxd.engine.compile_cache`; the CLI's choice).
     """
     global _CONFIGURED
     import jax
 
     if _CONFIGURED:
         return
+    if compile_cache:
+        from pxd.engine import compile_cache as cc
+
+        cc.enable(default_on=True)
     if num_cpu_devices is None:
         from pxd.configs.env import env_number
 
         num_cpu_devices = (env_number("JAX_NUM_CPU_DEVICES") or env_number("PXD_NUM_CPU_DEVICES")
-                           or os.cpu_count() or 1)
+                           or _usable_cores())
     try:
         jax.config.update("jax_num_cpu_devices", max(1, int(num_cpu_devices)))
     except RuntimeError:

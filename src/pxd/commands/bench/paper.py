@@ -3,13 +3,11 @@ the adaptive threshold's margin, and how a cell is printed ('07/00/00')."""
 
 from __future__ import annotations
 
+from pxd.configs.attacks import PAPER_ATTACKS as PAPER_ATTACKS  # `--attack all`
 from pxd.core.attacks import ATTACKS, EPS_FREE
 from pxd.core.attacks import bim_steps as bim_steps  # Kurakin's count, written once there
 
 DEFENCES = ("none", "feature-squeeze", "pixeldefend", "adaptive-pixeldefend")
-
-
-PAPER_ATTACKS = ("rand", "fgsm", "bim", "deepfool", "cw")  # `--attack all`
 
 
 KNOWN_ATTACKS = tuple(ATTACKS)  # the paper's five, then pgd

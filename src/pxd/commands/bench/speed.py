@@ -230,7 +230,7 @@ def _paper_part(x, n_images, positions, over, eps, data_dir, rep) -> dict:
 
 def run_bench_speed(*, density: str | None, preset: str = "cpu", n_fast: int = 64,
                     n_ref: int = 2, eps: int = 16, batch: int = 32, train_steps: int = 10,
-                    attacks_too: bool = True, n_attack: int = 100, paper_images: int = 2,
+                    attacks_too: bool = True, n_attack: int = 100, paper_images: int = 16,
                     paper_positions: int = 12, paper_over: dict | None = None,
                     data_dir: str | None = None, rep: Reporter | None = None) -> dict:
     from pxd.configs.pixelcnn import density_config

@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 from collections.abc import Callable
 
+from pxd.configs.attacks import ATTACK_NAMES
 from pxd.core.attacks.cw_l2 import cw
 from pxd.core.attacks.deepfool_l2 import deepfool
 from pxd.core.attacks.sign import bim, fgsm, pgd, rand
@@ -47,5 +48,8 @@ ATTACKS: dict[str, Attack] = {
     "cw": Attack(cw, "CW", iterative=True, eps_free=True, host_batch=True),
     "pgd": Attack(pgd, "PGD", iterative=True),
 }
+if tuple(ATTACKS) != ATTACK_NAMES:  # the JAX-free list the CLI and the API read
+    raise ImportError(f"pxd.configs.attacks.ATTACK_NAMES {ATTACK_NAMES} != the registry's "
+                      f"{tuple(ATTACKS)}")
 ITERATIVE = tuple(n for n, a in ATTACKS.items() if a.iterative)
 EPS_FREE = tuple(n for n, a in ATTACKS.items() if a.eps_free)
