@@ -38,7 +38,7 @@ demo: $(STAMP)
 # `make test TEST_WORKERS=0` runs serially.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	PXD_COMPILATION_CACHE=$${PXD_COMPILATION_CACHE:-$(CURDIR)/.cache/xla} $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
