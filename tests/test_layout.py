@@ -138,3 +138,18 @@ def test_no_module_over_500_lines():
     long = {str(f.relative_to(SRC)): n for f in SRC.rglob("*.py") if "zoo" not in f.parts
             and (n := len(f.read_text().splitlines())) > 500}
     assert not long, long
+
+
+def test_package_names_are_the_apis_and_submodules_load_no_jax():
+    """`pxd.__all__` (JAX-free) is `pxd.api.__all__`; reaching a submodule or probing a
+    missing name does not import JAX (a lazy `__getattr__` once loaded the API for both)."""
+    import subprocess
+    import sys
+
+    import pxd.api
+
+    assert pxd.__all__ == pxd.api.__all__
+    code = ("import sys, pxd; from pxd import configs; hasattr(pxd, 'nothing'); "
+            "print('jax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

@@ -9,8 +9,8 @@ Layout, imports pointing downward only: errors and configs (typed configs, prese
 datasets) < models (Flax modules) < core (pure jittable maths) < storage (disk) < report
 (terminal, figures) < engine (host loops over devices, the trainer) < api (this public
 surface) < commands (one per CLI command) < cli. No internal module is named like a public
-name, so `pxd.purify` is always the function; the public names are listed once, in
-`pxd.api.__all__`.
+name, so `pxd.purify` is always the function; the public names are `pxd.api.__all__`,
+copied here so that reaching a submodule never loads JAX.
 """
 
 import importlib
@@ -19,22 +19,24 @@ from pxd.errors import PxdError as PxdError  # cheap: no JAX
 
 __version__ = "0.1.0"
 
+# JAX-free copy of `pxd.api.__all__` (tests/test_layout.py checks they agree), so that
+# `from pxd import configs` or `hasattr(pxd, "x")` never loads the API and JAX
+__all__ = ["Classifier", "Density", "PxdError", "attack", "bits_per_dim", "feature_squeeze",
+           "load_classifier", "load_dataset", "load_density", "p_values", "purify", "roc_auc",
+           "zoo"]
+
+
 def __getattr__(name: str):
-    # `__all__` and the public names come from pxd.api, imported on first use only
-    if name == "__all__" or (not name.startswith("__") and name != "api"):
+    if name in __all__:
         import sys
 
         if "pxd.api" not in sys.modules:  # before JAX, which parses JAX_NUM_CPU_DEVICES
             from pxd.configs.env import check_env
 
             check_env()
-        api = importlib.import_module("pxd.api")
-        if name == "__all__":
-            return api.__all__
-        if name in api.__all__:
-            return getattr(api, name)
+        return getattr(importlib.import_module("pxd.api"), name)
     raise AttributeError(f"module 'pxd' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(importlib.import_module("pxd.api").__all__))
+    return sorted(set(globals()) | set(__all__))
