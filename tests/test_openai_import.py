@@ -282,6 +282,18 @@ def test_bad_checkpoints_are_named_and_leave_nothing(tmp_path, case):
     with pytest.raises(PxdError, match=BAD[case]):
         run_zoo_import_openai(p, str(out))
     assert not out.exists() and not (tmp_path / "out.tmp").exists()
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".out.")]  # its temp folder
+
+
+def test_a_users_dest_tmp_folder_is_left_alone(tmp_path):
+    """The import writes into a fresh hidden folder beside --out, never into OUT.tmp, which
+    may be the user's own (it used to be emptied first)."""
+    mine = tmp_path / "m.tmp"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    run_zoo_import_openai(ckpt("f4r1m3", "v1"), str(tmp_path / "m"))
+    assert (mine / "keep.txt").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["m", "m.tmp"]
 
 
 def test_cli_one_line_error_exit_2(tmp_path):
@@ -306,6 +318,8 @@ def test_cli_import_then_score(tmp_path):
     assert card["import_command"].startswith("pxd zoo --import-openai")
     assert card == json.load(open(os.path.join(out, "card.json")))
     assert jax.tree_util.tree_leaves(pxd.load_density(out).params)
+    bpd = np.asarray(pxd.bits_per_dim(images(), density=pxd.load_density(out)))
+    np.testing.assert_allclose(bpd, FIG["f4r2m5"]["bpd_ema"], atol=TOL, rtol=0)  # and scores
 
 
 def test_joint_channel_scores_are_the_logits_up_to_a_constant():

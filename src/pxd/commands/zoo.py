@@ -122,8 +122,9 @@ def run_zoo_import_openai(cfg: ZooImportConfig | str, out: str | None = None, *,
     and their sha256, format, the import command, date). Returns the card."""
     import jax
 
+    from pxd.configs.datasets import DATASETS
     from pxd.configs.pixelcnn import density_config
-    from pxd.models.pixelcnn import build_model
+    from pxd.models.pixelcnn import build_model, init_params
     from pxd.storage import openai, tfckpt
 
     ic = config_from(ZooImportConfig, cfg, "checkpoint", out=out, **options)
@@ -143,9 +144,9 @@ def run_zoo_import_openai(cfg: ZooImportConfig | str, out: str | None = None, *,
     model_opts = openai.model_options(*sizes)
     dcfg = density_config("cifar10", "paper", model=model_opts)
     model = build_model(dcfg.model, openai.CHANNELS)
-    template = jax.eval_shape(lambda: model.init(
-        {"params": jax.random.key(0)}, jax.numpy.zeros((1, 32, 32, 3), jax.numpy.uint8)))
-    openai.check_tree(params, template["params"])
+    template = jax.eval_shape(lambda: init_params(model, DATASETS["cifar10"].shape,
+                                                  key=jax.random.key(0)))
+    openai.check_tree(params, template)
     total = sum(-(-os.path.getsize(f) // _BLOCK) for f in ck.files)
     with rep.progress("sha256 of the source (16 MiB blocks)", total) as advance:
         sources = [dict(file=os.path.basename(f), bytes=os.path.getsize(f),
@@ -159,12 +160,12 @@ def run_zoo_import_openai(cfg: ZooImportConfig | str, out: str | None = None, *,
                 import_command=ic.command or f"pxd zoo --import-openai {ic.checkpoint} "
                                             f"--out {ic.out}",
                 imported=time.strftime("%Y-%m-%d"), params=n_params)
-    tmp = dest + ".tmp"
     import shutil
+    import tempfile
 
-    shutil.rmtree(tmp, ignore_errors=True)
+    # a fresh hidden folder beside --out: a user's own DEST.tmp is never touched
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(dest), prefix=f".{os.path.basename(dest)}.")
     try:
-        os.makedirs(tmp)
         files.write_config(tmp, dcfg)
         files.write_json(os.path.join(tmp, "meta.json"),
                          dict(kind="density", dataset="cifar10", preset="paper",
