@@ -9,6 +9,6 @@ PAPER_ATTACKS = ("rand", "fgsm", "bim", "deepfool", "cw")  # Table 1's, `--attac
 ATTACK_NAMES = PAPER_ATTACKS + ("pgd",)  # the registry's order
 
 
-def choices(names: tuple[str, ...] = ATTACK_NAMES) -> str:
+def choices() -> str:
     """'rand, fgsm, ..., cw or pgd' for a help text."""
-    return ", ".join(names[:-1]) + " or " + names[-1]
+    return ", ".join(ATTACK_NAMES[:-1]) + " or " + ATTACK_NAMES[-1]

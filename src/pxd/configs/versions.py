@@ -14,7 +14,7 @@ ATTACK = 1
 PURIFY = 1
 # bits/dim: models/pixelcnn.py, models/mixture.py, core/likelihood.py
 BPD = 1
-# feature squeezing: core/purify.feature_squeeze (not cached; recorded in reports)
+# feature squeezing: core/squeeze.feature_squeeze (not cached; recorded in reports)
 SQUEEZE = 1
 # end-to-end BPDA-PGD: core/adaptive.py
 # 2: adaptive PixelDefend's bits/dim gradient in its own program (issue 27 determinism fix)

@@ -48,8 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from pxd.core.attacks.grid import as_pytree, finish_staged, xent
-from pxd.core.attacks.sign import pgd_loop, pgd_setup
+from pxd.core.attacks.grid import as_pytree, finish_staged
+from pxd.core.attacks.sign import _xent_oracle, pgd_loop, pgd_setup
 from pxd.core.squeeze import feature_squeeze
 from pxd.models.mixture import bits_per_dim
 
@@ -125,15 +125,7 @@ def ce_oracle(logits_fn: Callable, defence: Defence) -> Oracle:
 
 def _ce_oracle(logits_fn, defence, x, y):
     through = bpda(defence)
-
-    def loss(z):
-        logits = logits_fn(through(z))
-        ce = xent(logits, y)
-        # summing keeps each example's gradient its own (examples are independent)
-        return ce.sum(), (ce, jnp.argmax(logits, -1) != y)
-
-    g, (ce, wrong) = jax.grad(loss, has_aux=True)(x)
-    return g, ce, wrong
+    return _xent_oracle(lambda z: logits_fn(through(z)), x, y)  # the attacks' loss, through it
 
 
 def _unit(g: jax.Array) -> jax.Array:

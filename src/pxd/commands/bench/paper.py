@@ -3,6 +3,7 @@ the adaptive threshold's margin, and how a cell is printed ('07/00/00')."""
 
 from __future__ import annotations
 
+from pxd.configs.attacks import ATTACK_NAMES
 from pxd.configs.attacks import PAPER_ATTACKS as PAPER_ATTACKS  # `--attack all`
 from pxd.core.attacks import ATTACKS, EPS_FREE
 from pxd.core.attacks import bim_steps as bim_steps  # Kurakin's count, written once there
@@ -10,7 +11,7 @@ from pxd.core.attacks import bim_steps as bim_steps  # Kurakin's count, written 
 DEFENCES = ("none", "feature-squeeze", "pixeldefend", "adaptive-pixeldefend")
 
 
-KNOWN_ATTACKS = tuple(ATTACKS)  # the paper's five, then pgd
+KNOWN_ATTACKS = ATTACK_NAMES  # the paper's five, then pgd
 
 
 PAPER_EPS = (2, 8, 16)

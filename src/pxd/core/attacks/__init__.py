@@ -42,7 +42,7 @@ from pxd.core.attacks.grid import (
     uniform_int_noise,
     xent,
 )
-from pxd.core.attacks.registry import ATTACKS, EPS_FREE, ITERATIVE, Attack
+from pxd.core.attacks.registry import ATTACKS, EPS_FREE, Attack
 from pxd.core.attacks.sign import (
     PGDState,
     SignState,
@@ -58,7 +58,7 @@ from pxd.core.attacks.sign import (
 )
 
 __all__ = [
-    "ATTACKS", "EPS_FREE", "ITERATIVE", "Attack", "CWRound", "CWState", "DeepFoolState",
+    "ATTACKS", "EPS_FREE", "Attack", "CWRound", "CWState", "DeepFoolState",
     "HostBatch", "LogitsFn", "PGDState", "SignState", "WholeBatch", "adversarial_batch",
     "as_pytree", "bim", "bim_steps", "budget", "cw", "cw_raw", "deepfool", "deepfool_raw",
     "fgsm", "finish", "keep_best", "loss_grad", "pgd", "pgd_loop", "pgd_step_size",

@@ -51,5 +51,4 @@ ATTACKS: dict[str, Attack] = {
 if tuple(ATTACKS) != ATTACK_NAMES:  # the JAX-free list the CLI and the API read
     raise ImportError(f"pxd.configs.attacks.ATTACK_NAMES {ATTACK_NAMES} != the registry's "
                       f"{tuple(ATTACKS)}")
-ITERATIVE = tuple(n for n, a in ATTACKS.items() if a.iterative)
 EPS_FREE = tuple(n for n, a in ATTACKS.items() if a.eps_free)
