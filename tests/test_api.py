@@ -207,8 +207,9 @@ def test_attack_defaults_as_a_user_calls_them(smoke):
     count is shown to give other images)."""
     x = smoke["x"][:2]
     y = pxd.load_classifier().predict(x)
-    np.testing.assert_array_equal(pxd.attack(x, y, "deepfool"),
-                                  pxd.attack(x, y, "deepfool", eps=8, overshoot=0.02))
+    df = pxd.attack(x, y, "deepfool")
+    np.testing.assert_array_equal(df, pxd.attack(x, y, "deepfool", eps=8, overshoot=0.02))
+    assert not np.array_equal(df, pxd.attack(x, y, "deepfool", overshoot=0.0))  # it matters
     c = pxd.load_classifier(smoke["clf"])
     bim = pxd.attack(x, y, "bim", eps=4, clf=c)  # floor(min(4 + 4, 1.25 * 4)) = 5 steps
     np.testing.assert_array_equal(bim, pxd.attack(x, y, "bim", eps=4, clf=c, steps=5))

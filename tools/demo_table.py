@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -144,10 +143,13 @@ def _cpu() -> str:
 
 def _take(src: str, wall_s: float, conditions: str, commit: str | None,
           venv_s: float | None, where: str = "a fresh clone") -> None:
+    from pxd.storage import files
+
     info = _load(os.path.join(src, "results.json"))
     os.makedirs(DEMO, exist_ok=True)
     for f in ("results.json", "report.md"):
-        shutil.copyfile(os.path.join(src, f), os.path.join(DEMO, f))
+        with open(os.path.join(src, f), "rb") as fh:  # atomically: no half-copied reference
+            files.write_bytes(os.path.join(DEMO, f), fh.read())
     commit = commit or subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"],
                                       capture_output=True, text=True, check=True).stdout.strip()
     run = dict(date=info["date"].split()[0], machine=f"{_cpu()}, {info['machine']}",
