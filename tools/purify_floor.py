@@ -2,7 +2,11 @@
 on the default JAX devices; the figures behind BENCHMARKS' "The head was 3/4 of the fast
 path" table (run there as `JAX_NUM_CPU_DEVICES=1 taskset -c 0 python tools/purify_floor.py`).
 
-    python tools/purify_floor.py [--density NAME_OR_RUN] [--data-dir DIR] [--batches 16,32]
+    python tools/purify_floor.py [--density NAME_OR_RUN | --untrained PRESET] [--data-dir DIR]
+        [--batches 16,32]
+
+`--untrained paper` times the paper preset's U-Net (random weights; none can be trained here)
+on CIFAR-10, as `pxd bench --speed` does for its cached path.
 """
 
 from __future__ import annotations
@@ -29,16 +33,25 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--batches", default="16,32,64,128")
     ap.add_argument("--eps", type=int, default=16)
+    ap.add_argument("--untrained", default=None, help="a CIFAR-10 preset, e.g. paper")
     a = ap.parse_args()
-    d = pxd.load_density(a.density)
+    if a.untrained:
+        from pxd.configs.pixelcnn import density_config
+        from pxd.models.pixelcnn import build_model, init_params
+
+        model = build_model(density_config("cifar10", a.untrained).model, 3)
+        params, dataset = init_params(model, (32, 32, 3), key=jax.random.key(0)), "cifar10"
+    else:
+        d = pxd.load_density(a.density)
+        model, params, dataset = d.model, d.params, d.config.dataset
     batches = [int(b) for b in a.batches.split(",")]
-    x, _ = pxd.load_dataset(f"{d.config.dataset}:test[:{max(batches)}]", data_dir=a.data_dir)
-    fast = make_purifier(d.model, "auto", max_eps=a.eps)
-    feat = jax.jit(lambda p, xb: d.model.apply({"params": p}, xb, method=PixelCNN.features))
+    x, _ = pxd.load_dataset(f"{dataset}:test[:{max(batches)}]", data_dir=a.data_dir)
+    fast = make_purifier(model, "auto", max_eps=a.eps)
+    feat = jax.jit(lambda p, xb: model.apply({"params": p}, xb, method=PixelCNN.features))
     for b in batches:
         e = jnp.full((b,), a.eps, jnp.int32)
-        fast_ips = b / _seconds(fast, d.params, x[:b], e)
-        floor_ips = b / (2 * _seconds(feat, d.params, x[:b]))
+        fast_ips = b / _seconds(fast, params, x[:b], e)
+        floor_ips = b / (2 * _seconds(feat, params, x[:b]))
         print(f"batch {b}: fast {fast_ips:.3g} img/s, floor {floor_ips:.3g} img/s, "
               f"ratio {fast_ips / floor_ips:.2f}", flush=True)
 
