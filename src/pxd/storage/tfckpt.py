@@ -15,6 +15,7 @@ file is memory-mapped), so reading 4% of a file costs about 4% of its size.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import re
@@ -151,6 +152,16 @@ def _v1_name(key: bytes) -> str:
     raise CheckpointError("unexpected V1 entry key")
 
 
+@contextlib.contextmanager
+def _as_corrupt(path: str):
+    """A field of the wrong type or a missing one deep in the parser: one line naming the
+    file, not a traceback (the checks above name the common faults more precisely)."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, UnicodeDecodeError, struct.error) as e:
+        raise CheckpointError(f"{path} is corrupt ({type(e).__name__}: {e})") from None
+
+
 class Checkpoint:
     """Lazy reader: `shapes` maps names to shapes; `read(name)` returns a float32 array."""
 
@@ -160,7 +171,8 @@ class Checkpoint:
         self.shapes: dict[str, tuple[int, ...]] = {}
         self._dtype: dict[str, int] = {}
         self._where: dict[str, tuple] = {}
-        (self._open_v1 if self.format == "V1" else self._open_v2)()
+        with _as_corrupt(path):
+            (self._open_v1 if self.format == "V1" else self._open_v2)()
 
     def _open_v1(self):
         path = self.files[0]
@@ -225,6 +237,10 @@ class Checkpoint:
         self._bufs: dict[int, mmap.mmap] = {}
 
     def read(self, name: str) -> np.ndarray:
+        with _as_corrupt(self.path):
+            return self._read(name)
+
+    def _read(self, name: str) -> np.ndarray:
         shape, code = self.shapes[name], self._dtype[name]
         if code not in _DTYPES:
             raise CheckpointError(f"{self.path}: {name} has unsupported dtype {code}")
