@@ -131,10 +131,9 @@ def markdown(s: dict) -> str:
 
 
 def plot(s: dict, path: str) -> None:
-    import matplotlib
+    from pxd.report import plots  # matplotlib (Agg) and the atomic PNG save live there
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.plt
 
     eps = s["eps_attack"]
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
@@ -173,10 +172,7 @@ def plot(s: dict, path: str) -> None:
                  f"n = {s['classifiers'][0]['n']}, 95% intervals)", fontsize=10)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with files.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def main(argv=None) -> None:

@@ -146,10 +146,9 @@ def markdown(s: dict) -> str:
 
 
 def plot(s: dict, path: str) -> None:
-    import matplotlib
+    from pxd.report import plots  # matplotlib (Agg) and the atomic PNG save live there
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.plt
 
     eps_d = s["eps_defend"]
     eps_a = [f"{e:g}" for e in s["eps_attack"]]
@@ -171,13 +170,11 @@ def plot(s: dict, path: str) -> None:
     ax.set_xticks(eps_d)
     ax.set_ylim(0, 100)
     clf = s["classifier"].get("label", "")
-    ax.set_title(f"PixelDefend vs eps_defend: {clf}, n = {s['n']}, 95% bands")
+    data = s["input"].split(":")[0]
+    ax.set_title(f"PixelDefend vs eps_defend: {clf} on {data}, n = {s['n']}, 95% bands")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with files.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def main(argv=None) -> None:
@@ -192,10 +189,13 @@ def main(argv=None) -> None:
     p.add_argument("--eps-attack", default="2,8,16")
     p.add_argument("--eps-defend", default=",".join(map(str, DEFAULT_EPS_DEFEND)))
     p.add_argument("--n", type=int, default=300)
-    p.add_argument("--bench-out", required=True, help="pxd bench --out (the shared cache)")
+    p.add_argument("--bench-out", help="pxd bench --out (the shared cache; not with "
+                   "--aggregate-only)")
     p.add_argument("--out", required=True, help="folder for runs/, sweep.json/.md, the PNG")
     p.add_argument("--aggregate-only", action="store_true")
     a = p.parse_args(argv)
+    if not a.aggregate_only and not a.bench_out:
+        p.error("--bench-out is required (unless --aggregate-only)")
     eps_list = [float(e) for e in a.eps_defend.split(",")]
     runs = {}
     for e in eps_list:

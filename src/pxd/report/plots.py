@@ -33,7 +33,8 @@ LINE_STYLES = (
 )
 
 
-def _save(fig, path: str) -> None:
+def save(fig, path: str) -> None:
+    """Write `fig` as a PNG atomically (temp file, then rename) and close it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     plt.close(fig)
@@ -46,7 +47,7 @@ def bpd_histograms(path: str, sets: dict[str, list[float]]) -> None:
     ax.set_xlabel("bits per dimension")
     ax.set_ylabel("density")
     ax.legend()
-    _save(fig, path)
+    save(fig, path)
 
 
 def roc_curves(path: str, curves: dict[str, tuple], title: str = "") -> None:
@@ -59,7 +60,7 @@ def roc_curves(path: str, curves: dict[str, tuple], title: str = "") -> None:
     if title:
         ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
-    _save(fig, path)
+    save(fig, path)
 
 
 def _offsets(xs: list[float], k: int) -> list[float]:
@@ -146,7 +147,7 @@ def accuracy_panels(path: str, panels: list[dict], *, title: str = "",
                bbox_to_anchor=(1.0, 0.93), frameon=False, fontsize=8)
     if note:
         fig.text(0.01, 0.0, note, fontsize=7, color="0.35", ha="left", va="top")
-    _save(fig, path)
+    save(fig, path)
 
 
 def accuracy_vs_eps(path: str, panels: list[dict], title: str = "", note: str = "") -> None:
