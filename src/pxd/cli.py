@@ -193,7 +193,7 @@ def zoo_cmd(
 
     if import_openai is not None:
         run_zoo_import_openai(_config("ZooImportConfig", checkpoint=import_openai, out=out or "",
-                                      command=" ".join(["pxd"] + sys.argv[1:])), rep=rep)
+                                      command=" ".join(["pxd"] + _ARGS)), rep=rep)
         return
     if export is not None:
         run_zoo_export(_config("ZooExportConfig", run_dir=export, name=name, default=default,

@@ -151,8 +151,9 @@ def cache_lines(info: dict) -> list[str]:
     return L + [""]
 
 
-def write_outputs(out: str, info: dict, x, y, per_image: dict, roc_by_eps: dict,
-                   eps_list: list[int], rep: Reporter) -> None:
+def write_outputs(out: str, info: dict, y, per_image: dict, roc_by_eps: dict) -> list[str]:
+    """results.json, report.md, per_image.csv and this run's figures; returns the figures'
+    paths (not every PNG in `out`: an earlier run's may still lie there)."""
     from pxd.commands.bench.figures import write_figures
     from pxd.report import plots
 
@@ -166,9 +167,10 @@ def write_outputs(out: str, info: dict, x, y, per_image: dict, roc_by_eps: dict,
         w.writerow([i, int(y[i])] + [int(per_image[k][i]) if i < len(per_image[k]) else ""
                                      for k in names])
     files.write_text(os.path.join(out, "per_image.csv"), buf.getvalue())
-    write_figures(out, info)
+    written = write_figures(out, info)
     for e, curves in roc_by_eps.items():
-        plots.roc_curves(os.path.join(out, f"roc_eps{e}.png"), curves,
+        written.append(os.path.join(out, f"roc_eps{e}.png"))
+        plots.roc_curves(written[-1], curves,
                          title=f"bits/dim detector, eps {e} (clean negative)")
 
 

@@ -131,11 +131,10 @@ def run_bench(cfg: BenchConfig | None = None, *, rep: Reporter | None = None,
         versions=dict(pxd=__version__, **versions.ALL),
         reuse_stale_cache=bool(cfg.reuse_stale_cache),
     )
-    write_outputs(out, info, x, y, t.per_image, t.roc_by_eps, p.eps, rep)
+    figures = sorted(write_outputs(out, info, y, t.per_image, t.roc_by_eps))
     print_summary(info, rep)
-    figures = sorted(f for f in os.listdir(out) if f.endswith(".png"))
     rep.done(f"report: {os.path.join(out, 'report.md')} (full table, detection, checks); "
-             f"figures: {', '.join(os.path.join(out, f) for f in figures)}; "
+             f"figures: {', '.join(figures)}; "
              f"per image: {os.path.join(out, 'per_image.csv')}")
     return info
 
