@@ -172,6 +172,7 @@ def write_outputs(out: str, info: dict, y, per_image: dict, roc_by_eps: dict) ->
         written.append(os.path.join(out, f"roc_eps{e}.png"))
         plots.roc_curves(written[-1], curves,
                          title=f"bits/dim detector, eps {e} (clean negative)")
+    return written
 
 
 def jsonable(o):
