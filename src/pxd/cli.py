@@ -11,7 +11,14 @@ import typer
 
 from pxd import __version__
 from pxd.configs.attacks import ATTACK_NAMES, PAPER_ATTACKS, choices
-from pxd.errors import Interrupted, PxdError, arm_interrupts, interrupt_pending, on_sigint
+from pxd.errors import (
+    Interrupted,
+    PxdError,
+    arm_interrupts,
+    exit_line,
+    interrupt_pending,
+    on_sigint,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -186,6 +193,12 @@ def zoo_cmd(
     verbose: Verbose = False,
 ):
     """List the models shipped with pxd and what pxd measured for them."""
+    flags = {"--export": export, "--name": name, "--default": default, "--overwrite": overwrite,
+             "--train-command": train_command, "--with-state": with_state}
+    if import_openai is not None and (given := [k for k, v in flags.items() if v]):
+        raise PxdError(f"--import-openai does not take {', '.join(given)}")
+    if out is not None and import_openai is None:
+        raise PxdError("--out is for --import-openai")
     if export is not None and not name:
         raise PxdError("--export needs --name")
     rep = _setup(None, False, quiet, json_out, verbose)
@@ -404,20 +417,6 @@ def bench(
 
 # --------------------------------------------------------------------------- entry point
 
-def _class_names(e: BaseException) -> set[str]:
-    return {c.__name__ for c in type(e).__mro__}
-
-
-def _usage_message(e: BaseException) -> str:
-    """One line from a typer/click usage error, whichever version raised it."""
-    fmt = getattr(e, "format_message", None)
-    msg = fmt() if callable(fmt) else str(e)
-    msg = " ".join(str(msg).split()) or "bad usage"
-    ctx = getattr(e, "ctx", None)
-    path = getattr(ctx, "command_path", None) if ctx is not None else None
-    return f"{msg} (see '{path or 'pxd'} --help')"
-
-
 def _command_name(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
@@ -455,34 +454,11 @@ def main(argv: list[str] | None = None) -> None:
         print("pxd: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         code = 130
     except Exception as e:  # typer/click's own exceptions (vendored or not), and the unexpected
-        names = _class_names(e)
-        if "NoArgsIsHelpError" in names:  # bare `pxd`: its help is what was asked for
-            fmt = getattr(e, "format_message", None)
-            print(fmt() if callable(fmt) else str(e), file=sys.stderr)
-            code = 2
-        elif "UsageError" in names:
-            print(f"pxd: error: {_usage_message(e)}", file=sys.stderr)
-            code = 2
-        elif "Abort" in names:
-            print("pxd: interrupted", file=sys.stderr)
-            code = 130
-        elif "Exit" in names:
-            code = int(getattr(e, "exit_code", 0) or 0)
-        elif isinstance(e, OSError):
-            if debug:
-                raise
-            where = f" ({e.filename})" if e.filename else ""
-            print(f"pxd: error: {e.strerror or e}{where}", file=sys.stderr)
-            code = 1
-        elif "ClickException" in names:
-            print(f"pxd: error: {_usage_message(e)}", file=sys.stderr)
-            code = int(getattr(e, "exit_code", 1) or 1)
-        else:
-            if debug:
-                raise
-            print(f"pxd: error: {type(e).__name__}: {' '.join(str(e).split())} "
-                  "(this is a bug; set PXD_DEBUG=1 for a traceback)", file=sys.stderr)
-            code = 1
+        line, code, ours = exit_line(e)
+        if debug and ours:
+            raise
+        if line:
+            print(line, file=sys.stderr)
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)

@@ -39,3 +39,36 @@ def arm_interrupts(armed: bool = True) -> None:
 
 def interrupt_pending() -> bool:
     return _SIGINT["pending"]
+
+
+def _usage_message(e: BaseException) -> str:
+    """One line from a typer/click usage error, whichever version raised it."""
+    fmt = getattr(e, "format_message", None)
+    msg = fmt() if callable(fmt) else str(e)
+    msg = " ".join(str(msg).split()) or "bad usage"
+    ctx = getattr(e, "ctx", None)
+    path = getattr(ctx, "command_path", None) if ctx is not None else None
+    return f"{msg} (see '{path or 'pxd'} --help')"
+
+
+def exit_line(e: Exception) -> tuple[str | None, int, bool]:
+    """The CLI's answer to an exception that is not a PxdError: (line for stderr or None,
+    exit code, whether PXD_DEBUG=1 should show its traceback). typer/click's exceptions are
+    told apart by class name, so vendored copies are recognised too."""
+    names = {c.__name__ for c in type(e).__mro__}
+    if "NoArgsIsHelpError" in names:  # bare `pxd`: its help is what was asked for
+        fmt = getattr(e, "format_message", None)
+        return (fmt() if callable(fmt) else str(e)), 2, False
+    if "UsageError" in names:
+        return f"pxd: error: {_usage_message(e)}", 2, False
+    if "Abort" in names:
+        return "pxd: interrupted", 130, False
+    if "Exit" in names:
+        return None, int(getattr(e, "exit_code", 0) or 0), False
+    if isinstance(e, OSError):
+        where = f" ({e.filename})" if e.filename else ""
+        return f"pxd: error: {e.strerror or e}{where}", 1, True
+    if "ClickException" in names:
+        return f"pxd: error: {_usage_message(e)}", int(getattr(e, "exit_code", 1) or 1), False
+    return (f"pxd: error: {type(e).__name__}: {' '.join(str(e).split())} "
+            "(this is a bug; set PXD_DEBUG=1 for a traceback)"), 1, True
