@@ -4,6 +4,7 @@ names (a test fails if one disappears)."""
 import jax
 import numpy as np
 import pytest
+from helpers import backend_compiles
 
 import pxd
 
@@ -79,18 +80,9 @@ def test_attack_at_a_new_eps_does_not_recompile(smoke):
     # BIM's and PGD's step counts follow eps, yet one compiled step serves every count:
     # after a first call, calls at new budgets compile nothing (counted by JAX's own
     # backend-compile event, which the check below shows firing)
-    from jax import monitoring
-
     x, y = smoke["x"], smoke["y"]
     c = pxd.load_classifier(smoke["clf"])
-    compiles, listening = [], [True]
-
-    def count(event, duration, **kw):
-        if listening[0] and event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(event)
-
-    monitoring.register_event_duration_secs_listener(count)
-    try:
+    with backend_compiles() as compiles:
         jax.jit(lambda a: a * 3 + 1)(np.arange(7.0))
         assert len(compiles) == 1
         for name in ("bim", "pgd"):
@@ -100,8 +92,6 @@ def test_attack_at_a_new_eps_does_not_recompile(smoke):
                 pxd.attack(x, y, name, eps=eps, clf=c)
             assert len(compiles) == seen, name
             np.testing.assert_array_equal(pxd.attack(x, y, name, eps=2, clf=c), first)
-    finally:
-        listening[0] = False
 
 
 def test_attack_and_classifier(smoke):

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import backend_compiles
 
 from pxd.commands import bench
 from pxd.core import adaptive
@@ -233,8 +234,6 @@ def test_bpda_host_calls_compile_once_per_shape():
     # the host loop's jitted pieces take the oracle as a pytree: a second attack built the
     # same way, with new classifier weights and a new eps, compiles nothing (counted by
     # XLA's backend-compile event)
-    from jax import monitoring
-
     rng = np.random.default_rng(4)
     x = rng.integers(0, 256, (4, 4, 4, 3)).astype(np.uint8)
     y = np.zeros(4, np.int32)
@@ -248,22 +247,13 @@ def test_bpda_host_calls_compile_once_per_shape():
         return attack(jax.tree_util.Partial(logits_fn, w), None, x, y,
                       jnp.full((4,), eps, jnp.float32), jax.random.key(seed))
 
-    compiles, listening = [], [True]
-
-    def count(event, duration, **kw):
-        if listening[0] and event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(event)
-
-    monitoring.register_event_duration_secs_listener(count)
-    try:
+    with backend_compiles() as compiles:
         run(0, 4.0)
         assert compiles  # the first call compiles, and the listener sees it
         seen = len(compiles)
         second = run(1, 9.0)
         assert len(compiles) == seen
         assert np.abs(second.astype(int) - x.astype(int)).max() <= 9
-    finally:
-        listening[0] = False
 
 
 def test_parsing():

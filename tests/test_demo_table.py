@@ -2,23 +2,19 @@
 committed run in docs/demo/: this fails when the README and that run disagree."""
 
 import copy
-import importlib.util
 import json
 import os
 import shutil
 
 import pytest
+from helpers import load_tool
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location(
-        "demo_table", os.path.join(ROOT, "tools", "demo_table.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("demo_table")
 
 
 def _reference(tool):

@@ -1,13 +1,13 @@
 """The bench's accuracy figures: they draw valid PNGs from a small synthetic results dict, and
 the summary figure plots exactly the results' cells (in memory and read back from JSON)."""
 
-import importlib.util
 import json
 import os
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from helpers import load_tool
 
 from pxd.commands.bench.figures import attack_panels, from_json, summary_series, write_figures
 from pxd.commands.bench.outputs import jsonable
@@ -104,10 +104,7 @@ def test_attack_figure_plots_every_column_and_the_strongest_as_band():
 
 
 def test_figures_tool_redraws_from_results_json(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "figures_tool", os.path.join(os.path.dirname(__file__), "..", "tools", "figures.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("figures")
     res = tmp_path / "results.json"
     res.write_text(json.dumps(jsonable(_info())))
     assert tool.main([str(res), str(tmp_path / "figs")]) == 0

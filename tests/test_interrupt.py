@@ -150,3 +150,36 @@ def test_sigint_during_start_up_ends_cleanly(cifar, tmp_path):
         assert "Fatal Python error" not in err, err
         assert (not os.path.exists(out) or set(os.listdir(out)) <= {"config.json"}
                 or latest(out) > 0), os.listdir(out)  # nothing, a restartable or resumable run
+
+
+_CTRL_C_DURING = """
+import builtins, os, signal, sys
+real = builtins.__import__
+def imp(name, *a, **k):
+    if name == {module!r} and not sys.modules.get({module!r}):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C just as this import starts
+    return real(name, *a, **k)
+builtins.__import__ = imp
+sys.argv = ["pxd", "zoo"]
+from pxd.__main__ import main
+main()
+"""
+
+
+@pytest.mark.parametrize("module", ["typer", "rich.console", "jax"])
+def test_sigint_while_importing_is_held_then_ends_cleanly(module):
+    """A Ctrl-C that lands while the CLI is still importing (typer, rich, JAX) once gave
+    Python's KeyboardInterrupt traceback, or was swallowed by a bare `except:` and the
+    command ran on. Sent at a fixed point, not after a sleep, so the case is the same on
+    any machine: held until JAX is loaded, then 130, one line, and `zoo` lists nothing."""
+    r = subprocess.run([sys.executable, "-c", _CTRL_C_DURING.format(module=module)],
+                       capture_output=True, text=True, env=ENV)
+    check_sigint(r.returncode, r.stderr)
+    assert r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_the_pxd_script_enters_where_ctrl_c_is_caught_first():
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "pxd"]
+    assert ep.value == "pxd.__main__:main"

@@ -1,26 +1,18 @@
 """tools/classifier_study.py and tools/eps_defend_sweep.py: the numbers they report are the
 bench's cells, their lines and dominance rule are exact on cases worked by hand."""
 
-import importlib.util
 import json
 import os
 
 import pytest
+from helpers import load_tool
 
-TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
 GRID = os.path.join(os.path.dirname(__file__), "..", "docs", "table1-n300", "all",
                     "results.json")
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_classifier_study_reports_the_bench_cells():
-    cs = _tool("classifier_study")
+    cs = load_tool("classifier_study")
     with open(GRID) as f:
         res = json.load(f)
     s = cs.study([res], None, training="normal")
@@ -38,7 +30,7 @@ def test_classifier_study_reports_the_bench_cells():
 
 
 def test_classifier_study_line_is_exact_on_a_line():
-    cs = _tool("classifier_study")
+    cs = load_tool("classifier_study")
     f = cs.fit([0.80, 0.85, 0.90], [0.30, 0.20, 0.10])
     assert f["slope"] == pytest.approx(-2.0) and f["slope_se"] == pytest.approx(0, abs=1e-9)
     assert f["at_paper_clean"] == pytest.approx(0.06)
@@ -46,7 +38,7 @@ def test_classifier_study_line_is_exact_on_a_line():
 
 
 def test_eps_defend_dominance_rule():
-    sw = _tool("eps_defend_sweep")
+    sw = load_tool("eps_defend_sweep")
 
     def cells(clean, *strongest, width=0.01):
         def c(v):

@@ -437,7 +437,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError:  # not the main thread: keep Python's KeyboardInterrupt
         old_handler = None
     code = 0
-    arm_interrupts(False)
+    # A Ctrl-C that pxd.__main__'s handler held during the imports stays pending.
+    arm_interrupts(False, forget=old_handler is not on_sigint)
     try:
         from pxd.configs.env import check_env
 

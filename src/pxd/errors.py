@@ -29,11 +29,16 @@ def raise_pending() -> None:
         raise Interrupted()
 
 
-def arm_interrupts(armed: bool = True) -> None:
-    """Arm (a held Ctrl-C is raised now) or, with False, disarm and forget one."""
+def arm_interrupts(armed: bool = True, *, forget: bool = True) -> None:
+    """Arm (a held Ctrl-C is raised now) or, with False, disarm and forget one (or keep it
+    pending with forget=False)."""
     _SIGINT["armed"] = armed
-    pending, _SIGINT["pending"] = _SIGINT["pending"], False
-    if armed and pending:
+    if not armed:
+        if forget:
+            _SIGINT["pending"] = False
+        return
+    if _SIGINT["pending"]:
+        _SIGINT["pending"] = False
         raise Interrupted()
 
 
