@@ -137,15 +137,23 @@ def test_sigint_during_start_up_ends_cleanly(cifar, tmp_path):
     lost, or segfaulted at exit): always 130, one line, no traceback, and at most the
     run's config.json left (a rerun, with or without --resume, starts it again) or a
     resumable run."""
+    # Steps enough that no run can end before its Ctrl-C: 30 ended within 2.5 s with a
+    # warm compilation cache, and that exit 0 read as a lost Ctrl-C.
     for delay in (0.3, 1.0, 2.5):
         out = str(tmp_path / f"run{delay}")
-        p = subprocess.Popen(PXD + ["train-density", "--preset", "smoke", "--steps", "30",
+        p = subprocess.Popen(PXD + ["train-density", "--preset", "smoke", "--steps", "100000",
                                     "--data-dir", cifar, "--out", out],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              env=ENV)
-        time.sleep(delay)
-        p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=120)
+        try:
+            time.sleep(delay)
+            assert p.poll() is None, "ended before its Ctrl-C"
+            p.send_signal(signal.SIGINT)
+            _, err = p.communicate(timeout=120)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         check_sigint(p.returncode, err)
         assert "Fatal Python error" not in err, err
         assert (not os.path.exists(out) or set(os.listdir(out)) <= {"config.json"}
