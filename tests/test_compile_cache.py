@@ -49,10 +49,11 @@ def test_default_folder_follows_xdg(monkeypatch, tmp_path):
 def test_cli_damaged_entries_same_arrays_same_stderr(tmp_path, cifar):
     """Three `pxd attack` runs on one cache folder: empty (entries written), then every
     entry truncated to half (JAX fails to read them and compiles), then as left. The same
-    images each time, and with -q stderr is the command's one line, exit 0."""
-    cache = tmp_path / "xla"
-    env = dict(os.environ, PXD_COMPILATION_CACHE=str(cache), JAX_NUM_CPU_DEVICES="1",
-               PXD_DATA_DIR=cifar)
+    images each time, and with -q stderr is the command's one line, exit 0. The variable
+    is unset: the CLI uses the cache by default, in $XDG_CACHE_HOME/pxd/xla."""
+    cache = tmp_path / "pxd" / "xla"
+    env = {k: v for k, v in os.environ.items() if k != "PXD_COMPILATION_CACHE"}
+    env.update(XDG_CACHE_HOME=str(tmp_path), JAX_NUM_CPU_DEVICES="1", PXD_DATA_DIR=cifar)
     outs = []
     for run in range(3):
         out = tmp_path / f"a{run}.npz"

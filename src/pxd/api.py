@@ -28,7 +28,7 @@ __all__ = ["Classifier", "Density", "PxdError", "attack", "bits_per_dim", "featu
            "load_classifier", "load_dataset", "load_density", "p_values", "purify", "roc_auc",
            "zoo"]
 
-compile_cache.enable(default_on=False)  # only when PXD_COMPILATION_CACHE asks (see that module)
+compile_cache.enable(default_on=False)  # a library writes to ~/.cache only when asked
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -82,7 +82,7 @@ def _setup(devices: int | None, distributed: bool = False, quiet: bool = False,
 
     if verbose:
         quiet_third_party(False)
-    dev.setup(devices, distributed, compile_cache=True)  # if PXD_COMPILATION_CACHE=on
+    dev.setup(devices, distributed, compile_cache=True)  # unless PXD_COMPILATION_CACHE=off
     arm_interrupts()  # JAX is loaded: Ctrl-C may now stop the command where it is
     if distributed and dev.processes()[0] != 0:  # process 0 reports for all
         return Reporter(silent=True)

@@ -40,8 +40,8 @@ def setup(num_cpu_devices: int | None = None, distributed: bool = False, *,
     `num_cpu_devices` defaults to `JAX_NUM_CPU_DEVICES` or the cores this process may run on
     (so `taskset -c 0` gives one device, not two sharing a core).
     `distributed` calls the standard `jax.distributed.initialize()` (multi-host).
-    `compile_cache`: the persistent compilation cache when `PXD_COMPILATION_CACHE` asks
-    for it (`pxd.engine.compile_cache`).
+    `compile_cache`: the persistent compilation cache unless `PXD_COMPILATION_CACHE=off`
+    (`pxd.engine.compile_cache`; the CLI's choice).
     """
     global _CONFIGURED
     import jax
@@ -51,7 +51,7 @@ def setup(num_cpu_devices: int | None = None, distributed: bool = False, *,
     if compile_cache:
         from pxd.engine import compile_cache as cc
 
-        cc.enable(default_on=False)  # opt-in: see compile_cache's note on Ctrl-C
+        cc.enable(default_on=True)
     if num_cpu_devices is None:
         from pxd.configs.env import env_number
 
