@@ -415,3 +415,21 @@ def test_damaged_bytes_are_one_error_never_a_traceback(tmp_path, fmt):
             errors += 1
             assert "\n" not in str(e) and str(e)
     assert errors > 0  # the damage was seen at least once
+
+
+def test_unwritable_out_parent_is_found_before_reading(tmp_path, monkeypatch):
+    """The hidden folder beside --out is made first, so a parent pxd cannot write in is one
+    line before the ~860 MB checkpoint is read (as root, permissions cannot stage this)."""
+    import tempfile
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    def never(*a, **k):
+        raise AssertionError("the checkpoint was read before --out was checked")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(tfckpt, "Checkpoint", never)
+    with pytest.raises(PxdError, match="cannot write in its parent directory"):
+        run_zoo_import_openai(ckpt("f4r1m3", "v1"), str(tmp_path / "m"))
+    assert os.listdir(tmp_path) == []

@@ -120,6 +120,9 @@ def run_zoo_import_openai(cfg: ZooImportConfig | str, out: str | None = None, *,
     """Write openai/pixel-cnn's PixelCNN++ (its EMA weights when present) as a pxd density
     model directory `out`: config.json, params.msgpack, meta.json, card.json (source files
     and their sha256, format, the import command, date). Returns the card."""
+    import shutil
+    import tempfile
+
     import jax
 
     from pxd.configs.datasets import DATASETS
@@ -136,36 +139,38 @@ def run_zoo_import_openai(cfg: ZooImportConfig | str, out: str | None = None, *,
         raise PxdError(f"--out {ic.out} already exists; give a new directory")
     if not os.path.isdir(os.path.dirname(dest)):
         raise PxdError(f"--out {ic.out}: its parent directory does not exist")
-    ck = tfckpt.Checkpoint(ic.checkpoint)
-    sizes = openai.infer_sizes(ck.shapes)
-    spec = openai.layers(*sizes)
-    with rep.progress(f"reading {os.path.basename(ck.files[0])}", len(spec)) as advance:
-        params, sizes, ema = openai.read_params(ck, advance)
-    model_opts = openai.model_options(*sizes)
-    dcfg = density_config("cifar10", "paper", model=model_opts)
-    model = build_model(dcfg.model, openai.CHANNELS)
-    template = jax.eval_shape(lambda: init_params(model, DATASETS["cifar10"].shape,
-                                                  key=jax.random.key(0)))
-    openai.check_tree(params, template)
-    total = sum(-(-os.path.getsize(f) // _BLOCK) for f in ck.files)
-    with rep.progress("sha256 of the source (16 MiB blocks)", total) as advance:
-        sources = [dict(file=os.path.basename(f), bytes=os.path.getsize(f),
-                        sha256=_sha256(f, advance)) for f in ck.files]
-    n_params = int(sum(np.prod(v.shape) for v in jax.tree_util.tree_leaves(params)))
-    card = dict(kind="density", default=False, dataset="cifar10", preset="paper",
-                what=f"PixelCNN++ from openai/pixel-cnn ({sizes[0]} filters, nr_resnet "
-                     f"{sizes[1]}, {sizes[2]} mixtures), imported",
-                source=dict(path=os.path.abspath(ic.checkpoint), format=ck.format,
-                            files=sources, weights="EMA" if ema else "raw (no EMA shadows)"),
-                import_command=ic.command or f"pxd zoo --import-openai {ic.checkpoint} "
-                                            f"--out {ic.out}",
-                imported=time.strftime("%Y-%m-%d"), params=n_params)
-    import shutil
-    import tempfile
-
-    # a fresh hidden folder beside --out: a user's own DEST.tmp is never touched
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(dest), prefix=f".{os.path.basename(dest)}.")
+    # Everything is written into a fresh hidden folder beside --out (a user's own DEST.tmp is
+    # never touched), made first: an unwritable parent is found before ~860 MB are read.
     try:
+        tmp = tempfile.mkdtemp(dir=os.path.dirname(dest), prefix=f".{os.path.basename(dest)}.")
+    except OSError as e:
+        raise PxdError(f"--out {ic.out}: cannot write in its parent directory "
+                       f"({e.strerror or e})") from None
+    try:
+        ck = tfckpt.Checkpoint(ic.checkpoint)
+        sizes = openai.infer_sizes(ck.shapes)
+        spec = openai.layers(*sizes)
+        with rep.progress(f"reading {os.path.basename(ck.files[0])}", len(spec)) as advance:
+            params, sizes, ema = openai.read_params(ck, advance)
+        model_opts = openai.model_options(*sizes)
+        dcfg = density_config("cifar10", "paper", model=model_opts)
+        model = build_model(dcfg.model, openai.CHANNELS)
+        template = jax.eval_shape(lambda: init_params(model, DATASETS["cifar10"].shape,
+                                                      key=jax.random.key(0)))
+        openai.check_tree(params, template)
+        total = sum(-(-os.path.getsize(f) // _BLOCK) for f in ck.files)
+        with rep.progress("sha256 of the source (16 MiB blocks)", total) as advance:
+            sources = [dict(file=os.path.basename(f), bytes=os.path.getsize(f),
+                            sha256=_sha256(f, advance)) for f in ck.files]
+        n_params = int(sum(np.prod(v.shape) for v in jax.tree_util.tree_leaves(params)))
+        card = dict(kind="density", default=False, dataset="cifar10", preset="paper",
+                    what=f"PixelCNN++ from openai/pixel-cnn ({sizes[0]} filters, nr_resnet "
+                         f"{sizes[1]}, {sizes[2]} mixtures), imported",
+                    source=dict(path=os.path.abspath(ic.checkpoint), format=ck.format,
+                                files=sources, weights="EMA" if ema else "raw (no EMA shadows)"),
+                    import_command=ic.command or f"pxd zoo --import-openai {ic.checkpoint} "
+                                                f"--out {ic.out}",
+                    imported=time.strftime("%Y-%m-%d"), params=n_params)
         files.write_config(tmp, dcfg)
         files.write_json(os.path.join(tmp, "meta.json"),
                          dict(kind="density", dataset="cifar10", preset="paper",
