@@ -110,7 +110,8 @@ def markdown(s: dict) -> str:
              + " | ".join(f"PD strongest eps {e}" for e in eps) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(eps)]
     for c in s["classifiers"]:
-        lines.append(f"| {c['label']} | {c['training']} | {100 * c['test_acc']:.2f} | "
+        name = os.path.basename(c["path"].rstrip("/"))
+        lines.append(f"| {name} ({c['label']}) | {c['training']} | {100 * c['test_acc']:.2f} | "
                      f"{pct(c['clean'])} | {pct(c['pd_clean'])} | "
                      f"{100 * c['purification_cost']:+.1f} | "
                      + " | ".join(pct(c["pd_strongest"][k]) for k in eps) + " |")

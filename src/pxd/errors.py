@@ -1,4 +1,5 @@
-"""User-facing errors: the CLI prints them as one line and exits 2."""
+"""User-facing errors and Ctrl-C: a PxdError is one line and exit 2, Ctrl-C `pxd:
+interrupted` and exit 130, and `exit_line` says what every other exception prints."""
 
 
 class PxdError(Exception):
