@@ -35,3 +35,18 @@ def backend_compiles() -> Iterator[list[str]]:
         yield seen
     finally:
         monitoring.unregister_event_duration_listener(count)
+
+
+def train_smoke_models(root, data_dir: str, *, steps: int, eval_n: int) -> dict:
+    """A smoke-preset CIFAR-10 PixelCNN and ResNet trained `steps` steps into `root`:
+    {"density": dir, "clf": dir, "data_dir": data_dir}."""
+    from pxd.commands.train import run_train_clf, run_train_density
+    from pxd.configs.classifier import clf_config
+    from pxd.configs.pixelcnn import density_config
+
+    dens, clf = os.path.join(root, "density"), os.path.join(root, "clf")
+    run_train_density(density_config("cifar10", "smoke", steps=steps, eval_n=eval_n), dens,
+                      data_dir=data_dir)
+    run_train_clf(clf_config("cifar10", "resnet", "normal", "smoke", steps=steps,
+                             eval_n=eval_n, test_n=eval_n), clf, data_dir=data_dir)
+    return dict(density=dens, clf=clf, data_dir=data_dir)

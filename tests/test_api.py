@@ -4,7 +4,7 @@ names (a test fails if one disappears)."""
 import jax
 import numpy as np
 import pytest
-from helpers import backend_compiles
+from helpers import backend_compiles, train_smoke_models
 
 import pxd
 
@@ -27,21 +27,11 @@ def test_public_names_stay():
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, cifar):
-
-    from pxd.commands.train import run_train_clf, run_train_density
-    from pxd.configs.classifier import clf_config
-    from pxd.configs.pixelcnn import density_config
     from pxd.storage import data
 
-    data_dir = cifar
-    root = tmp_path_factory.mktemp("api")
-    dens, clf = str(root / "density"), str(root / "clf")
-    run_train_density(density_config("cifar10", "smoke", steps=4, eval_n=16), dens,
-                      data_dir=data_dir)
-    run_train_clf(clf_config("cifar10", "resnet", "normal", "smoke", steps=4, eval_n=16,
-                             test_n=16), clf, data_dir=data_dir)
-    x, y = data.load("cifar10:test[:6]", data_dir)
-    return dict(density=dens, clf=clf, x=x, y=y)
+    m = train_smoke_models(str(tmp_path_factory.mktemp("api")), cifar, steps=4, eval_n=16)
+    x, y = data.load("cifar10:test[:6]", cifar)
+    return dict(density=m["density"], clf=m["clf"], x=x, y=y)
 
 
 def test_purify_bits_per_dim_and_density_object(smoke):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import backend_compiles
+from helpers import backend_compiles, train_smoke_models
 
 from pxd.commands import bench
 from pxd.core import adaptive
@@ -28,19 +28,8 @@ FAST_OPTS = {"deepfool": {"max_iter": 3}, "cw": {"search_steps": 1, "max_iterati
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, cifar):
-
-    from pxd.commands.train import run_train_clf, run_train_density
-    from pxd.configs.classifier import clf_config
-    from pxd.configs.pixelcnn import density_config
-
-    data_dir = cifar  # skips without CIFAR-10
-    root = tmp_path_factory.mktemp("bench_models")
-    dens, clf = str(root / "density"), str(root / "clf")
-    run_train_density(density_config("cifar10", "smoke", steps=20, eval_n=32), dens,
-                      data_dir=data_dir)
-    run_train_clf(clf_config("cifar10", "resnet", "normal", "smoke", steps=20, eval_n=32,
-                             test_n=32), clf, data_dir=data_dir)
-    return dict(density=dens, clf=clf, data_dir=data_dir)
+    return train_smoke_models(str(tmp_path_factory.mktemp("bench_models")), cifar, steps=20,
+                              eval_n=32)
 
 
 def _run(models, out):

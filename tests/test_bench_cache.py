@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import train_smoke_models
 
 from pxd import __version__
 from pxd.commands import bench
@@ -23,17 +24,8 @@ N = 4
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, cifar):
-    from pxd.commands.train import run_train_clf, run_train_density
-    from pxd.configs.classifier import clf_config
-    from pxd.configs.pixelcnn import density_config
-
-    root = tmp_path_factory.mktemp("cache_models")
-    dens, clf = str(root / "density"), str(root / "clf")
-    run_train_density(density_config("cifar10", "smoke", steps=4, eval_n=32), dens,
-                      data_dir=cifar)
-    run_train_clf(clf_config("cifar10", "resnet", "normal", "smoke", steps=4, eval_n=32,
-                             test_n=32), clf, data_dir=cifar)
-    return dict(density=dens, clf=clf, data_dir=cifar)
+    return train_smoke_models(str(tmp_path_factory.mktemp("cache_models")), cifar, steps=4,
+                              eval_n=32)
 
 
 def _args(models):
