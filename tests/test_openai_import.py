@@ -433,3 +433,31 @@ def test_unwritable_out_parent_is_found_before_reading(tmp_path, monkeypatch):
     with pytest.raises(PxdError, match="cannot write in its parent directory"):
         run_zoo_import_openai(ckpt("f4r1m3", "v1"), str(tmp_path / "m"))
     assert os.listdir(tmp_path) == []
+
+
+def test_train_density_fine_tunes_an_imported_model(tmp_path, cifar):
+    """`pxd train-density --init-from DIR` on an imported model: the run takes DIR's network
+    (OpenAI's wiring and joint mixture, which no preset has), starts at its weights, trains,
+    and the result scores like any density model. Without adopting the network the preset's
+    is refused, as before."""
+    from pxd.commands.train import init_network, run_train_density
+    from pxd.configs.pixelcnn import density_config
+    from pxd.engine.jobs import initial_params
+    from pxd.storage.runs import load_density, params_digest
+
+    src = str(tmp_path / "imported")
+    run_zoo_import_openai(ckpt("f4r1m3", "v1"), src)
+    cfg = density_config("cifar10", "smoke", init_from=src, steps=3, ckpt_every=3, eval_n=8,
+                         batch_size=4)
+    with pytest.raises(PxdError, match="same --dataset and --preset"):
+        run_train_density(cfg, str(tmp_path / "refused"), data_dir=cifar)
+    adopted = init_network(cfg)
+    assert adopted.model == load_density(src)[2].model
+    p0 = initial_params(adopted, build_model(adopted.model, 3), (32, 32, 3),
+                        key=jax.random.key(1))
+    assert params_digest(p0) == params_digest(load_density(src)[1])
+    out = str(tmp_path / "tuned")
+    r = run_train_density(cfg, out, data_dir=cifar, network_from_init=True)
+    assert r["step"] == 3 and r["digest"] != params_digest(p0)
+    bpd = np.asarray(pxd.bits_per_dim(images(), density=pxd.load_density(out)))
+    assert np.isfinite(bpd).all()

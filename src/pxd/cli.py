@@ -231,7 +231,8 @@ def train_density(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.",
                                              callback=_finite("--lr"))] = None,
     init_from: Annotated[str | None, typer.Option(
-        help="Start from this shipped model or run dir (fine-tune, same preset).")] = None,
+        help="Start from this shipped model or model dir, its network included (fine-tune; "
+        "the preset gives the recipe).")] = None,
     resume_from: Annotated[str | None, typer.Option(
         help="Continue a shipped model's own run (its saved training state) in --out.")]
     = None,
@@ -262,7 +263,8 @@ def train_density(
     from pxd.commands.train import run_train_density
 
     run_train_density(cfg, out, resume=resume, hours=hours, keep_steps=steps is None,
-                      resume_from=resume_from, data_dir=data_dir, rep=rep)
+                      resume_from=resume_from, data_dir=data_dir, rep=rep,
+                      network_from_init=True)
 
 
 @app.command("train-clf")

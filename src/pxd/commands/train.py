@@ -48,6 +48,18 @@ def seed_from_zoo(name: str, out: str, steps: int | None, *,
     return cfg
 
 
+def init_network(cfg: DensityConfig) -> DensityConfig:
+    """`cfg` with the network of its `init_from` (a shipped name or model dir, e.g. one
+    `pxd zoo --import-openai` wrote): the preset then gives only the training recipe."""
+    path = zoo.resolve(cfg.init_from)
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise PxdError(f"--init-from {cfg.init_from}: no density model there (config.json "
+                       "missing)")
+    src = config.load_json(DensityConfig, cfg_path)
+    return config.replace(cfg, model=dict(src.model))
+
+
 def run_train_density(
     cfg: DensityConfig,
     out: str,
@@ -59,12 +71,17 @@ def run_train_density(
     data_dir: str | None = None,
     rep: Reporter | None = None,
     stop_after: int | None = None,
+    network_from_init: bool = False,
 ) -> dict:
     """Train (or resume) a density run in `out`. `hours` sets `steps` for a new run from
     the measured speed of this machine, so the cosine schedule ends on the budget;
     `keep_steps` resumes with the run's saved `steps` instead of `cfg.steps`;
-    `resume_from` continues a shipped model's run (its config and state) in `out`."""
+    `resume_from` continues a shipped model's run (its config and state) in `out`;
+    `network_from_init` takes the network of `cfg.init_from` (the CLI's --init-from)
+    instead of refusing one that differs from the preset's."""
     rep = rep or Reporter(quiet=True)
+    if network_from_init and cfg.init_from is not None:
+        cfg = init_network(cfg)
     if resume_from is not None:
         if resume or hours is not None:
             raise PxdError("--resume-from starts from the shipped state; drop --resume/--hours")
