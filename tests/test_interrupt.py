@@ -191,3 +191,29 @@ def test_the_pxd_script_enters_where_ctrl_c_is_caught_first():
 
     (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "pxd"]
     assert ep.value == "pxd.__main__:main"
+
+
+_CTRL_C_IN_DEL = """
+import os, signal, sys
+from pxd import errors
+sys.unraisablehook = errors.hold_unraisable_interrupts(sys.unraisablehook)
+signal.signal(signal.SIGINT, errors.on_sigint)
+errors.arm_interrupts()
+class D:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands inside a finaliser
+        sum(range(1000))
+d = D()
+del d
+print("pending", errors.interrupt_pending())
+"""
+
+
+def test_sigint_inside_a_finaliser_is_held_without_a_traceback():
+    """A Ctrl-C raised inside a __del__/weakref/gc callback is 'ignored' by Python, which
+    prints a traceback (seen in this suite inside a ThreadPoolExecutor weakref callback):
+    the CLI's unraisable hook keeps it pending and prints nothing."""
+    r = subprocess.run([sys.executable, "-c", _CTRL_C_IN_DEL], capture_output=True,
+                       text=True, env=ENV)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.strip() == "pending True"

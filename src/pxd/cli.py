@@ -16,6 +16,7 @@ from pxd.errors import (
     PxdError,
     arm_interrupts,
     exit_line,
+    hold_unraisable_interrupts,
     interrupt_pending,
     on_sigint,
 )
@@ -438,6 +439,8 @@ def main(argv: list[str] | None = None) -> None:
         old_handler = signal.signal(signal.SIGINT, on_sigint)
     except ValueError:  # not the main thread: keep Python's KeyboardInterrupt
         old_handler = None
+    old_unraisable = sys.unraisablehook
+    sys.unraisablehook = hold_unraisable_interrupts(old_unraisable)
     code = 0
     # A Ctrl-C that pxd.__main__'s handler held during the imports stays pending.
     arm_interrupts(False, forget=old_handler is not on_sigint)
@@ -463,6 +466,7 @@ def main(argv: list[str] | None = None) -> None:
         if line:
             print(line, file=sys.stderr)
     finally:
+        sys.unraisablehook = old_unraisable
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
     if interrupt_pending() and code == 0:  # Ctrl-C held until the end: still an interrupt

@@ -47,6 +47,20 @@ def interrupt_pending() -> bool:
     return _SIGINT["pending"]
 
 
+def hold_unraisable_interrupts(default):
+    """A `sys.unraisablehook` for the CLI: a Ctrl-C raised inside a __del__, weakref or gc
+    callback (Python prints those as "Exception ignored in ...", a traceback on stderr) is
+    kept pending silently and raised at the next progress update; anything else goes to
+    `default`."""
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, Interrupted):
+            _SIGINT["pending"] = True
+            return
+        default(unraisable)
+
+    return hook
+
+
 def _usage_message(e: BaseException) -> str:
     """One line from a typer/click usage error, whichever version raised it."""
     fmt = getattr(e, "format_message", None)
