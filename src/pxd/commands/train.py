@@ -15,6 +15,7 @@ from pxd.errors import PxdError
 from pxd.report.terminal import Reporter
 from pxd.storage import checkpoint, files
 from pxd.storage import shipped as zoo
+from pxd.storage.runs import density_config_of
 
 
 def seed_from_zoo(name: str, out: str, steps: int | None, *,
@@ -51,12 +52,7 @@ def seed_from_zoo(name: str, out: str, steps: int | None, *,
 def init_network(cfg: DensityConfig) -> DensityConfig:
     """`cfg` with the network of its `init_from` (a shipped name or model dir, e.g. one
     `pxd zoo --import-openai` wrote): the preset then gives only the training recipe."""
-    path = zoo.resolve(cfg.init_from)
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise PxdError(f"--init-from {cfg.init_from}: no density model there (config.json "
-                       "missing)")
-    src = config.load_json(DensityConfig, cfg_path)
+    _, src = density_config_of(cfg.init_from)
     return config.replace(cfg, model=dict(src.model))
 
 

@@ -34,8 +34,9 @@ def params_digest(params) -> str:
     return h.hexdigest()
 
 
-def load_density(path: str):
-    """(model, params, config, meta) of a density run directory or shipped model name."""
+def density_config_of(path: str) -> tuple[str, DensityConfig]:
+    """(folder, config) of a density run directory or shipped model name, without reading
+    its weights; one-line errors for a missing folder or a classifier."""
     path = shipped.resolve(path)
     if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
         raise PxdError(f"density checkpoint not found: {path} (a run dir of pxd train-density"
@@ -44,9 +45,14 @@ def load_density(path: str):
         raise PxdError(f"{path} is a classifier, not a density model: give it as --clf; "
                        "--density takes a pxd train-density run or a shipped PixelCNN (pxd zoo)")
     try:
-        cfg = validate_density(load_json(DensityConfig, os.path.join(path, "config.json")))
+        return path, validate_density(load_json(DensityConfig, os.path.join(path, "config.json")))
     except PxdError as e:
         raise PxdError(f"{path} is not a density run dir ({e})") from None
+
+
+def load_density(path: str):
+    """(model, params, config, meta) of a density run directory or shipped model name."""
+    path, cfg = density_config_of(path)
     shape = DATASETS[cfg.dataset].shape
     model = build_model(cfg.model, shape[-1])
     params = checkpoint.load_params(run_params_path(path))
