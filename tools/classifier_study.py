@@ -149,13 +149,14 @@ def plot(s: dict, path: str) -> None:
         y = np.array([100 * c["acc"] for c in cells])
         err = np.array([[100 * (c["acc"] - c["ci95"][0]) for c in cells],
                         [100 * (c["ci95"][1] - c["acc"]) for c in cells]])
-        ax.errorbar(xs, y, yerr=err, fmt=marker, color=color, capsize=3, label=label)
+        ax.errorbar(xs, y, yerr=err, fmt=marker, color=color, capsize=3, label=label,
+                    zorder=3)  # above the paper's stars, which sit at about the same x
         f = s["fits"][col]
         if f is not None:
             ax.plot(grid, 100 * (f["intercept"] + f["slope"] * grid / 100), color=color,
                     ls=":", lw=1)
         ax.plot([100 * s["paper_clean"]], [100 * s["paper"][col]], marker="*", ms=13,
-                color=color, mec="k", ls="none")
+                color=color, mec="k", ls="none", alpha=0.6, zorder=2)
     ax.plot([], [], marker="*", ms=11, color="w", mec="k", ls="none",
             label="the paper's ResNet (92%)")
     ax.plot([], [], ls=":", color="grey", label="least-squares line")
