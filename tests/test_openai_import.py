@@ -307,17 +307,17 @@ def test_cli_one_line_error_exit_2(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("extra,says", [
-    (["--name", "x"], "does not take --name"),
-    (["--export", "d", "--with-state"], "does not take --export, --with-state"),
-    (["--overwrite"], "does not take --overwrite"),
-    (["--out-only"], "--out is for --import-openai"),
+@pytest.mark.parametrize("imports,extra,says", [
+    (True, ["--name", "x"], "does not take --name"),
+    (True, ["--export", "d", "--with-state"], "does not take --export, --with-state"),
+    (True, ["--overwrite"], "does not take --overwrite"),
+    (False, [], "--out is for --import-openai"),
 ])
-def test_cli_import_refuses_flags_it_would_ignore(tmp_path, extra, says):
+def test_cli_import_refuses_flags_it_would_ignore(tmp_path, imports, extra, says):
     """--name, --export, --with-state ... mean nothing to an import: refused, not ignored."""
     out = str(tmp_path / "out")
-    args = (["--out", out] if extra == ["--out-only"] else
-            ["--import-openai", ckpt("f4r1m3", "v1"), "--out", out] + extra)
+    args = (["--import-openai", ckpt("f4r1m3", "v1")] if imports else []) + ["--out", out]
+    args += extra
     r = subprocess.run([sys.executable, "-m", "pxd", "zoo"] + args, capture_output=True,
                        text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     line = r.stderr.strip()
