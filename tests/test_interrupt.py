@@ -137,8 +137,8 @@ def test_sigint_during_start_up_ends_cleanly(cifar, tmp_path):
     lost, or segfaulted at exit): always 130, one line, no traceback, and at most the
     run's config.json left (a rerun, with or without --resume, starts it again) or a
     resumable run."""
-    # Steps enough that no run can end before its Ctrl-C: 30 ended within 2.5 s with a
-    # warm compilation cache, and that exit 0 read as a lost Ctrl-C.
+    # Steps enough that no run can end before its Ctrl-C: with a warm compilation cache a
+    # 30-step run could end first, and that exit 0 read as a lost Ctrl-C.
     for delay in (0.3, 1.0, 2.5):
         out = str(tmp_path / f"run{delay}")
         p = subprocess.Popen(PXD + ["train-density", "--preset", "smoke", "--steps", "100000",

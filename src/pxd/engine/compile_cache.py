@@ -5,8 +5,8 @@ the same programs as last time (docs/BENCHMARKS.md: a first BIM call 13 s cold, 
 this cache, 4.2–5.5 s repeated). JAX can keep compiled programs on disk; the CLI turns
 that on unless `PXD_COMPILATION_CACHE=off`, the API only when that variable asks for it (a
 library should not write to a user's home unasked). It was opt-in for a while: a Ctrl-C in
-`train-density`'s start-up test looked lost with it on (exit 0). The run had ended before
-the signal was sent: with cached programs its 30 smoke steps took under 2.5 s.
+`train-density`'s start-up test looked lost with it on (exit 0). With cached programs the
+test's short run could end before its signal was sent (docs/BENCHMARKS.md, 2026-12-06).
 
 Safe means:
 - One folder per runtime and machine kind: the key of JAX's cache covers the program, the
