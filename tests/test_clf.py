@@ -107,6 +107,32 @@ def test_init_from_warm_starts_from_a_trained_classifier(smoke_run, tmp_path):
         run_train_clf(vgg, str(tmp_path / "vgg"), data_dir=DATA_DIR)
 
 
+@needs_cifar
+def test_adversarial_run_records_bim_accuracy_at_each_evaluation(smoke_run, tmp_path):
+    # the robustness curve of an adversarial run; a normal run's evaluations have none
+    from pxd.storage import checkpoint, data
+
+    src, _ = smoke_run
+    assert "eval_bim_acc" not in checkpoint.read_meta(src)["evals"][-1]
+    cfg = clf_config("cifar10", "resnet", "adv-bim", "smoke", steps=4, eval_every=2,
+                     ckpt_every=100, eval_n=64, adv_delta=1.0, init_from=src)
+    out = str(tmp_path / "adv")
+    run_train_clf(cfg, out, data_dir=DATA_DIR)
+    evals = checkpoint.read_meta(out)["evals"]
+    assert [e["step"] for e in evals] == [2, 4]
+    assert all(e["eval_bim_eps"] == 1.0 and e["eval_bim_n"] == 64 for e in evals)
+    # recomputed from best/ (the step-4 variables): BIM at eps 1 is one signed-gradient step
+    model, v, _, _ = load_classifier(out)
+    f = make_logits_fn(model, v["params"], v["batch_stats"])
+    x, y = data.load("cifar10:test[:64]", DATA_DIR)
+    xf = jnp.asarray(x, jnp.float32)
+    g = jax.grad(lambda z: optax.softmax_cross_entropy_with_integer_labels(f(z), y).sum())(xf)
+    x_adv = jnp.clip(xf + jnp.sign(g), 0.0, 255.0)
+    acc = float(np.mean(np.asarray(jnp.argmax(f(x_adv), -1)) == y))
+    assert evals[-1]["eval_bim_acc"] == acc
+    assert evals[-1]["eval_bim_acc"] < evals[-1]["eval_acc"]  # the attack did something
+
+
 def test_label_smoothing_targets_exact():
     eps, k = 0.1, 10
     t = np.asarray(soft_targets(jnp.array([3, 0, 9]), k, eps))
@@ -260,3 +286,19 @@ def test_cli_bad_arguments_exit_2_without_output(smoke_run, tmp_path):
     r = _pxd("train-clf", "--out", str(tmp_path / "lr0"), "--preset", "smoke", "--lr", "0")
     assert r.returncode == 2 and "--lr must be positive" in r.stderr
     assert not (tmp_path / "lr0").exists()
+
+
+@needs_cifar
+def test_cli_eval_every_and_warmup_steps_reach_the_config(tmp_path):
+    # --eval-every also checkpoints at least as often, so an export finds best/ and the
+    # training state of one step
+    out = tmp_path / "run"
+    r = _pxd("train-clf", "--out", str(out), "--preset", "smoke", "--steps", "4",
+             "--eval-every", "2", "--warmup-steps", "1", "-q")
+    assert r.returncode == 0, r.stderr
+    cfg = json.load(open(out / "config.json"))
+    assert (cfg["eval_every"], cfg["ckpt_every"], cfg["warmup_steps"]) == (2, 2, 1)
+    assert [e["step"] for e in json.load(open(out / "meta.json"))["evals"]] == [2, 4]
+    r = _pxd("train-clf", "--out", str(tmp_path / "r0"), "--preset", "smoke",
+             "--eval-every", "0")
+    assert r.returncode == 2 and not (tmp_path / "r0").exists()

@@ -1,5 +1,6 @@
-"""tools/classifier_study.py and tools/eps_defend_sweep.py: the numbers they report are the
-bench's cells, their lines and dominance rule are exact on cases worked by hand."""
+"""tools/classifier_study.py, tools/eps_defend_sweep.py and tools/training_curve.py: the
+numbers they report are the bench's cells or the run's evaluations, their lines, intervals
+and dominance rule are exact on cases worked by hand."""
 
 import json
 import os
@@ -51,3 +52,26 @@ def test_eps_defend_dominance_rule():
     found = {d["eps_defend"]: d["significant"] for d in sw.dominating(table)}
     assert found == {"8": True, "24": False}  # 4 loses at eps 8; 24 wins within intervals
     assert sw.dominating({"8": table["8"]}) == []  # no paper setting in the sweep
+
+
+def test_training_curve_reads_each_evaluation(tmp_path):
+    tc = load_tool("training_curve")
+    run = tmp_path / "adv"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(
+        {"arch": "resnet", "training": "adv-bim", "preset": "wide", "init_from": "w"}))
+    evals = [{"step": 50, "wall_s": 1800.0, "eval_acc": 0.8, "eval_bim_acc": 0.25,
+              "eval_bim_eps": 8.0, "eval_bim_n": 500},
+             {"step": 100, "wall_s": 5400.0, "eval_acc": 0.85, "eval_bim_acc": 0.3,
+              "eval_bim_eps": 8.0, "eval_bim_n": 500}]
+    (run / "meta.json").write_text(json.dumps({"eval_n": 1000, "evals": evals}))
+    r = tc.load(str(run))
+    bim = tc.points(r, "eval_bim_acc", "eval_bim_n")
+    assert [(p["hours"], p["n"], p["acc"]) for p in bim] == [(0.5, 500, 0.25), (1.5, 500, 0.3)]
+    # Wilson 95% for 125 of 500, worked by hand: centre 0.25191, half-width 0.03786
+    assert bim[0]["lo"] == pytest.approx(0.21405, abs=1e-4)
+    assert bim[0]["hi"] == pytest.approx(0.28976, abs=1e-4)
+    md = tc.table(r)
+    assert "| 100 | 1.50 | 85.0 [82.7, 87.1] | 30.0 [26.1, 34.2] |" in md
+    tc.plot([r], str(tmp_path / "c.png"))
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

@@ -282,6 +282,11 @@ def train_clf(
     lr: Annotated[float | None, typer.Option(
         help="Peak learning rate (e.g. lower for a warm start).",
         callback=_finite("--lr"))] = None,
+    warmup_steps: Annotated[int | None, typer.Option(
+        min=0, help="Steps of linear learning-rate warm-up (default: the preset's).")] = None,
+    eval_every: Annotated[int | None, typer.Option(
+        min=1, help="Evaluate and rewrite best/ every this many steps, with a checkpoint at "
+        "least as often (default: the preset's).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     init_from: Annotated[str | None, typer.Option(
         help="Start from this classifier run dir or shipped model (warm start, same arch "
@@ -305,7 +310,10 @@ def train_clf(
     check_dataset(dataset)
     _check_lr(lr)
     cfg = clf_config(dataset, arch, training, preset, batch_size=batch_size, seed=seed,
-                     lr=lr, init_from=init_from)
+                     lr=lr, init_from=init_from, warmup_steps=warmup_steps,
+                     eval_every=eval_every)
+    if eval_every is not None:  # best/ and the checkpoint of one step, for an export
+        cfg = replace(cfg, ckpt_every=min(cfg.ckpt_every, eval_every))
     cfg = replace(cfg, steps=training_steps(dataset, epochs, steps, cfg.batch_size))
     rep = _setup(devices, distributed, quiet, json_out, verbose)
     from pxd.commands.train import run_train_clf

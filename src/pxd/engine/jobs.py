@@ -8,7 +8,9 @@
 - `ClassifierJob`: `best/` holds the LATEST evaluated variables, not the most accurate ones
   (selecting on test accuracy would bias `test_acc`); it is rewritten at every evaluation
   and at the end, so a killed run still has usable parameters. A complete run measures its
-  accuracy on the test split (test_n images; 0: all).
+  accuracy on the test split (test_n images; 0: all). An adversarially trained run's
+  evaluations also measure BIM accuracy (true labels, eps = adv_delta, the paper's step
+  count) on the first `ADV_EVAL_N` evaluation images: its robustness curve.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pxd.core.training import (
     make_density_optimizer,
     make_train_step,
 )
-from pxd.engine.batched import evaluate_accuracy, evaluate_bpd
+from pxd.engine.batched import craft, evaluate_accuracy, evaluate_bpd
 from pxd.engine.trainer import budget_steps
 from pxd.errors import PxdError
 from pxd.models.classifiers import build_classifier, init_variables, make_logits_fn
@@ -185,6 +187,15 @@ class DensityJob:
                 "digest": params_digest(ema)}
 
 
+ADV_EVAL_N = 500  # images of each evaluation's BIM accuracy (adversarial trainings)
+
+
+def bim_accuracy(logits_fn, x: np.ndarray, y: np.ndarray, eps: float, *, key: jax.Array) -> float:
+    """Accuracy under BIM at `eps` (true labels, alpha 1, the paper's step count)."""
+    x_adv = craft("bim", logits_fn, x, y, eps=eps, key=key)
+    return evaluate_accuracy(logits_fn, x_adv, y)
+
+
 class ClassifierJob:
     """`pxd train-clf` for the driver."""
 
@@ -256,9 +267,14 @@ class ClassifierJob:
 
     def evaluate(self, state, out: str) -> dict:
         f = make_logits_fn(self.model, state.params, state.model_state)
-        acc = evaluate_accuracy(f, self.x_eval, self.y_eval)
+        ev = {"eval_acc": evaluate_accuracy(f, self.x_eval, self.y_eval)}
+        if self.cfg.training.startswith("adv-"):
+            n, eps = ADV_EVAL_N, self.cfg.adv_delta
+            ev.update(eval_bim_acc=bim_accuracy(f, self.x_eval[:n], self.y_eval[:n], eps,
+                                                key=jax.random.key(self.cfg.seed)),
+                      eval_bim_eps=eps, eval_bim_n=len(self.y_eval[:n]))
         self.save_best(state, out)
-        return {"eval_acc": acc}
+        return ev
 
     def progress(self, metrics) -> dict:
         avg = self.avg
@@ -268,7 +284,11 @@ class ClassifierJob:
         return {"loss": avg["loss"], "acc": avg["accuracy"]}
 
     def eval_message(self, step: int, ev: dict) -> str:
-        return f"step {step}: accuracy {ev['eval_acc']:.4f} on {len(self.y_eval)} test images"
+        msg = f"step {step}: accuracy {ev['eval_acc']:.4f} on {len(self.y_eval)} test images"
+        if "eval_bim_acc" in ev:
+            msg += (f", {ev['eval_bim_acc']:.4f} under BIM eps {ev['eval_bim_eps']:g} "
+                    f"on {ev['eval_bim_n']}")
+        return msg
 
     def eval_meta(self, step: int) -> dict:
         return {"step": step, "complete": False}
