@@ -269,10 +269,9 @@ class ClassifierJob:
         f = make_logits_fn(self.model, state.params, state.model_state)
         ev = {"eval_acc": evaluate_accuracy(f, self.x_eval, self.y_eval)}
         if self.cfg.training.startswith("adv-"):
-            n, eps = ADV_EVAL_N, self.cfg.adv_delta
-            ev.update(eval_bim_acc=bim_accuracy(f, self.x_eval[:n], self.y_eval[:n], eps,
-                                                key=jax.random.key(self.cfg.seed)),
-                      eval_bim_eps=eps, eval_bim_n=len(self.y_eval[:n]))
+            x, y, eps = self.x_eval[:ADV_EVAL_N], self.y_eval[:ADV_EVAL_N], self.cfg.adv_delta
+            ev.update(eval_bim_acc=bim_accuracy(f, x, y, eps, key=jax.random.key(self.cfg.seed)),
+                      eval_bim_eps=eps, eval_bim_n=len(y))
         self.save_best(state, out)
         return ev
 
