@@ -72,10 +72,6 @@ class Classifier(_Loaded):
         return make_logits_fn(self.model, self.weights["params"],
                               self.weights.get("batch_stats", {}))
 
-    @functools.cached_property
-    def _logits_jit(self):  # compiled once per classifier, not once per call
-        return jax.jit(lambda xb: self.logits_fn(xb.astype(np.float32)))
-
     def predict(self, images, *, batch_size: int = 256) -> np.ndarray:
         """Predicted labels int32 (N,)."""
         from pxd.engine.batched import predict
@@ -86,11 +82,11 @@ class Classifier(_Loaded):
 
     def logits(self, images, *, batch_size: int = 256) -> np.ndarray:
         """Logits float32 (N, classes)."""
-        from pxd.engine import devices
+        from pxd.engine.batched import logits
 
         x = _images(images, self.shape, "classifier")
         _check_batch(batch_size)
-        return np.asarray(devices.map_batches(self._logits_jit, (x,), batch_size))
+        return np.asarray(logits(self.logits_fn, x, batch_size=batch_size))
 
 
 def _check_batch(batch_size: int) -> None:

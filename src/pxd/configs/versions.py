@@ -9,18 +9,23 @@ speed-only or cosmetic changes. Note the bump and why on the line.
 from __future__ import annotations
 
 # oblivious attacks: core/attacks.py, engine/batched.craft (keys, batching, grid rounding)
-ATTACK = 1
+# 2: classifiers apply with guard images; one device program per chunk (determinism)
+ATTACK = 2
 # PixelDefend purification: core/purify.py, engine/batched.purify_batches
-PURIFY = 1
+# 2: purifiers run with guard images; one device program per chunk (determinism)
+PURIFY = 2
 # bits/dim: models/pixelcnn.py, models/mixture.py, core/likelihood.py
-BPD = 1
+# 2: bits/dim with guard images; one device program per chunk (determinism)
+BPD = 2
 # feature squeezing: core/squeeze.feature_squeeze (not cached; recorded in reports)
 SQUEEZE = 1
 # end-to-end BPDA-PGD: core/adaptive.py
 # 2: adaptive PixelDefend's bits/dim gradient in its own program (issue 27 determinism fix)
-BPDA = 2
+# 3: guard images in the classifier and purifier; one device program per chunk
+BPDA = 3
 # classifier predictions: engine/batched.predict (not cached; recorded in reports)
-PREDICT = 1
+# 2: classifiers apply with guard images; one device program per chunk
+PREDICT = 2
 
 # the bench cache's kinds -> the version of the code that makes them
 CACHED = {"attacks": ATTACK, "purified": PURIFY, "bpd": BPD, "bpda": BPDA}

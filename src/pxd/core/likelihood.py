@@ -11,6 +11,7 @@ import math
 
 import jax
 
+from pxd.models.guard import guarded
 from pxd.models.mixture import bits_per_dim
 from pxd.models.pixelcnn import PixelCNN
 
@@ -35,7 +36,7 @@ def make_bpd_fn(model: PixelCNN, exact: bool = False):
             nll = model.apply(v, h, x, method=PixelCNN.nll)
         return bits_per_dim(nll)
 
-    return jax.jit(fn)
+    return jax.jit(lambda params, x: guarded(lambda xb: fn(params, xb))(x))
 
 
 def make_nll_map_fn(model: PixelCNN):
@@ -44,4 +45,4 @@ def make_nll_map_fn(model: PixelCNN):
     def fn(params, x):
         return model.apply({"params": params}, x) / math.log(2.0)
 
-    return jax.jit(fn)
+    return jax.jit(lambda params, x: guarded(lambda xb: fn(params, xb))(x))

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pxd.models.guard import ROW_GUARD, guarded
 from pxd.models.pixelcnn import PixelCNN, right_shift
 
 
@@ -442,11 +443,12 @@ def make_purifier(model: PixelCNN, method: str = "auto", max_eps: int = 16) -> C
     if method == "auto":
         method = auto_method(model)
     if method == "reference":
-        fn = purify_reference
-        return jax.jit(lambda p, x, e: fn(model, p, x, e))
-    fn = {"pixels": purify_pixels, "rows": purify_rows, "jacobi": purify_jacobi,
-          "unet": purify_unet}[method]
-    return jax.jit(lambda p, x, e: fn(model, p, x, e, max_eps=max_eps))
+        run = guarded(lambda x, e, p: purify_reference(model, p, x, e), ROW_GUARD, batched=2)
+    else:
+        fn = {"pixels": purify_pixels, "rows": purify_rows, "jacobi": purify_jacobi,
+              "unet": purify_unet}[method]
+        run = guarded(lambda x, e, p: fn(model, p, x, e, max_eps=max_eps), ROW_GUARD, batched=2)
+    return jax.jit(lambda p, x, e: run(x, _as_eps(e, x.shape[0]), p))
 
 
 def first_difference_gaps(model: PixelCNN, params, x, ref, other, eps: int) -> list[float]:

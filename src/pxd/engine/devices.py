@@ -1,14 +1,15 @@
-"""Device set-up and the one batch-sharding helper every heavy command uses.
+"""Device set-up, the chunked inference loop (`map_batches`) and the trainers' batch sharding.
 
-On CPU, XLA runs a convolution on one core; splitting the batch over one virtual
-CPU device per core doubles convolution throughput on a 2-core machine. The same
-code path serves several GPUs.
+On CPU, XLA runs a convolution on one core; one virtual CPU device per core doubles
+throughput on a 2-core machine. Inference runs each chunk of rows as one program on one
+device (the devices take chunks in turn), so an array never depends on the device count:
+XLA:CPU's rounding follows a program's batch shape. Training shards each global batch over a
+mesh. The same code path serves several GPUs.
 
-Several processes (`--distributed`: hosts, or one process per GPU): inference
-(`map_batches`) splits every batch between processes, each on its local devices, and
-gathers the results on every process; training shards each global batch over every
-process's devices, each process feeding only its rows. Only process 0 writes files
-(`storage.files.primary`). Decisions read from disk (a cache hit, a chunk already done)
+Several processes (`--distributed`: hosts, or one process per GPU): inference gives process
+p chunks p, p + P, ... and gathers the results on every process; training shards each global
+batch over every process's devices, each process feeding only its rows. Only process 0 writes
+files (`storage.files.primary`). Decisions read from disk (a cache hit, a chunk already done)
 are process 0's, broadcast (`agree`), so every process runs the same collectives.
 """
 
@@ -18,6 +19,7 @@ import contextlib
 import os
 import platform
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -244,52 +246,100 @@ def map_batches(
     on_batch: Callable[[int], None] | None = None,
     *,
     indexed: bool = False,
+    consts: Any = None,
 ) -> Any:
-    """Apply a jitted `fn(*batch)` over host arrays in sharded batches; concatenates outputs.
+    """Apply a jitted `fn(*batch)` over host arrays in chunks; concatenates outputs.
 
-    Batches are padded to a multiple of the device count and to `batch_size`
-    (so `fn` compiles once) and the padding is trimmed from the outputs. `indexed`: call
-    `fn(b, *batch)` with the batch's index b in the whole input (random keys fold it in).
-    With several processes, each runs its slice of every batch on its own devices (so a
-    device sees the rows it would see in one process with as many devices) and every
-    process gets all the outputs.
+    Chunk c is rows [c * batch_size, (c + 1) * batch_size), the last one padded by repeating
+    its last row, and runs as one program of `batch_size` rows on one device: the chunks go
+    to the devices in turn (one host thread each), never split between devices. So a row's
+    result is the same whatever the device count (XLA:CPU's rounding follows the program's
+    batch shape; `pxd.models.guard` keeps a row's slot in the chunk from mattering). `indexed`:
+    call `fn(c, *batch)` (random keys fold in c). `consts`: a pytree (e.g. a classifier's
+    `logits_fn`) copied to each device once and passed first, `fn(consts, *batch)` (after c).
+    With several processes, process p runs chunks p, p + P, ... and every process gets all
+    the outputs.
     """
     import jax
 
-    m = m if m is not None else mesh()
-    me, count = processes()
-    total = m.devices.size * count
-    batch_size = max(total, batch_size - batch_size % total)
-    share = batch_size // count
+    if batch_size < 1:
+        raise ValueError("map_batches: batch_size must be >= 1")
     n = arrays[0].shape[0]
     if n == 0:
         raise ValueError("map_batches: empty input")
-    outs = []
-    for start in range(0, n, batch_size):
-        chunk = tuple(a[start : start + batch_size] for a in arrays)
-        k = chunk[0].shape[0]
-        if k < batch_size:
-            chunk = tuple(pad_to_multiple(a, batch_size)[0][:batch_size] for a in chunk)
-        if count > 1:  # this process's rows of the batch
-            chunk = tuple(a[me * share : (me + 1) * share] for a in chunk)
-        sharded, _ = shard_batch(chunk, m)
-        res = fn(np.int32(start // batch_size), *sharded) if indexed else fn(*sharded)
-        keep = k if count == 1 else share  # the padding goes after the gather
-        outs.append(jax.tree_util.tree_map(lambda r, c=keep: np.asarray(r)[:c], res))
-        if on_batch is not None:
-            on_batch(k)
-    mine = jax.tree_util.tree_map(lambda *rs: np.concatenate(rs, axis=0), *outs)
-    if count == 1:
-        return mine
-    from jax.experimental import multihost_utils
+    devs = list(m.devices.flat) if m is not None else jax.local_devices()
+    me, count = processes()
+    chunks = -(-n // batch_size)
+    mine = list(range(me, chunks + (-chunks) % count, count))  # equal shares: pad the count
+    placed = [None if consts is None else jax.device_put(consts, d) for d in devs]
+    lock = threading.Lock()
+    todo = iter(mine)
+    outs: dict[int, Any] = {}
+    stop = threading.Event()
 
-    def gather(a):
-        every = np.asarray(multihost_utils.process_allgather(a))  # (processes, batches*share)
-        nb = every.shape[1] // share
-        every = every.reshape((count, nb, share) + every.shape[2:])
-        return np.swapaxes(every, 0, 1).reshape((nb * batch_size,) + every.shape[3:])[:n]
+    def take():
+        with lock:
+            return next(todo, None)
 
-    return jax.tree_util.tree_map(gather, mine)
+    def work(slot: int) -> None:
+        dev = devs[slot]
+        while not stop.is_set() and (c := take()) is not None:
+            start = min(c, chunks - 1) * batch_size  # a share's padding chunk repeats the last
+            chunk = tuple(pad_to_multiple(a[start : start + batch_size], batch_size)[0]
+                          for a in arrays)
+            args = ([np.int32(c)] if indexed else []) + ([] if consts is None else [placed[slot]])
+            res = fn(*args, *jax.device_put(chunk, dev))
+            host = jax.tree_util.tree_map(np.asarray, res)
+            with lock:
+                outs[c] = host
+                if on_batch is not None and c < chunks:
+                    on_batch(min(batch_size, n - start))
+
+    _run_workers(work, min(len(devs), len(mine)), stop)
+    stacked = jax.tree_util.tree_map(lambda *rs: np.stack(rs), *[outs[c] for c in mine])
+    if count > 1:
+        from jax.experimental import multihost_utils
+
+        def gather(a):  # (processes, shares, batch, ...) -> chunks in order
+            every = np.asarray(multihost_utils.process_allgather(a))
+            return np.swapaxes(every, 0, 1).reshape((-1,) + every.shape[2:])
+
+        stacked = jax.tree_util.tree_map(gather, stacked)
+    return jax.tree_util.tree_map(
+        lambda a: a.reshape((-1,) + a.shape[2:])[:n], stacked)
+
+
+def _run_workers(work: Callable[[int], None], count: int, stop: threading.Event) -> None:
+    """`work(slot)` for slots 0..count-1, one thread each (the caller's thread runs slot 0,
+    so one device needs no thread); the first error (or Ctrl-C) stops the others and is
+    raised here."""
+    if count <= 1:
+        work(0)
+        return
+    errors: list[BaseException] = []
+
+    def guarded(slot: int) -> None:
+        try:
+            work(slot)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(e)
+            stop.set()
+
+    threads = [threading.Thread(target=guarded, args=(s,), daemon=True)
+               for s in range(1, count)]
+    for t in threads:
+        t.start()
+    try:
+        work(0)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.1)
+    if errors:
+        raise errors[0]
 
 
 def machine() -> str:

@@ -21,6 +21,7 @@ from pxd.configs.classifier import CLASSIFIER_PRESETS, ClfConfig
 from pxd.configs.datasets import DATASETS
 from pxd.errors import PxdError
 from pxd.models import init_key
+from pxd.models.guard import guarded
 
 _BN_MOMENTUM = 0.9  # faster-moving statistics than flax's 0.99 suit short CPU runs
 _BN_EPSILON = 1e-5
@@ -192,7 +193,7 @@ def _init(model, shape: tuple[int, ...], key: jax.Array):
 
 
 def _apply(model, variables, x):
-    return model.apply(variables, jnp.asarray(x, jnp.float32), train=False)
+    return guarded(lambda xb: model.apply(variables, xb, train=False))(jnp.asarray(x, jnp.float32))
 
 
 @functools.cache

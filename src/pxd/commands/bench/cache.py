@@ -148,13 +148,14 @@ def bpda_cached(cache: Cache, m: dict, defence: str, attack_fn, dparams, e: int,
     def compute():
         key = seed_key(seed, "bpda", defence, e)
 
-        def one(b, xb, yb, eb):
-            return attack_fn(m["logits_fn"], dparams, xb, yb, eb, jax.random.fold_in(key, b))
+        def one(b, models, xb, yb, eb):
+            return attack_fn(*models, xb, yb, eb, jax.random.fold_in(key, b))
 
         with rep.progress(f"BPDA-PGD {defence} eps={e} ({m['label']})",
                           total=len(x)) as advance:
             return devices.map_batches(one, (x, y, np.full(len(x), e, np.float32)),
-                                       batch_size, on_batch=advance, indexed=True)
+                                       batch_size, on_batch=advance, indexed=True,
+                                       consts=(m["logits_fn"], dparams))
 
     return cache.get("bpda", name, {"input": digest(x), "clf": m["digest"],
                                     "settings": json.dumps(settings, sort_keys=True)}, compute)
