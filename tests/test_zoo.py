@@ -180,6 +180,15 @@ def test_classifier_resume_from_a_zoo_entry_equals_the_uninterrupted_run(tmp_pat
     assert [e["eval_acc"] for e in resumed] == [e["eval_acc"] for e in unbroken]
     with pytest.raises(PxdError, match="already holds a run"):
         run_train_clf(cfg, str(tmp_path / "c"), resume_from=entry, data_dir=cifar)
+    # --eval-every applies to a resumed run too (it was silently the saved run's before)
+    from pxd.configs.base import replace
+
+    e = str(tmp_path / "e")
+    run_train_clf(replace(cfg, steps=5), e, resume_from=entry, eval_every=1, data_dir=cifar)
+    assert [x["step"] for x in checkpoint.read_meta(e)["evals"]] == [3, 4, 5]
+    with open(os.path.join(e, "config.json")) as f:
+        saved = json.load(f)
+    assert (saved["eval_every"], saved["ckpt_every"], saved["steps"]) == (1, 1, 5)
     with pytest.raises(PxdError, match="not a classifier"):
         run_train_clf(cfg, str(tmp_path / "d"), resume_from="pixelcnn-c10-cpu-v4",
                       data_dir=cifar)

@@ -72,7 +72,7 @@ class Classifier(_Loaded):
         return make_logits_fn(self.model, self.weights["params"],
                               self.weights.get("batch_stats", {}))
 
-    def predict(self, images, *, batch_size: int = 256) -> np.ndarray:
+    def predict(self, images, *, batch_size: int = 128) -> np.ndarray:
         """Predicted labels int32 (N,)."""
         from pxd.engine.batched import predict
 
@@ -80,7 +80,7 @@ class Classifier(_Loaded):
         _check_batch(batch_size)
         return np.asarray(predict(self.logits_fn, x, batch_size=batch_size))
 
-    def logits(self, images, *, batch_size: int = 256) -> np.ndarray:
+    def logits(self, images, *, batch_size: int = 128) -> np.ndarray:
         """Logits float32 (N, classes)."""
         from pxd.engine.batched import logits
 

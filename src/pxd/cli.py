@@ -319,7 +319,8 @@ def train_clf(
     from pxd.commands.train import run_train_clf
 
     run_train_clf(cfg, out, resume=resume, resume_from=resume_from,
-                  keep_steps=epochs is None and steps is None, data_dir=data_dir, rep=rep)
+                  keep_steps=epochs is None and steps is None, eval_every=eval_every,
+                  data_dir=data_dir, rep=rep)
 
 
 @app.command("attack")

@@ -19,10 +19,11 @@ from pxd.storage.runs import density_config_of
 
 
 def seed_from_zoo(name: str, out: str, steps: int | None, *,
-                  kind: type = DensityConfig) -> DensityConfig | ClfConfig:
+                  kind: type = DensityConfig, adjust=None) -> DensityConfig | ClfConfig:
     """Make `out` a run directory holding a shipped model's training state, ready for
-    --resume: its config (steps replaced when given), checkpoint and metrics. `kind` is
-    the config class the shipped model must have (DensityConfig or ClfConfig)."""
+    --resume: its config (steps replaced when given, then the fields `adjust(cfg)` returns),
+    checkpoint and metrics.
+    `kind` is the config class the shipped model must have (DensityConfig or ClfConfig)."""
     src = zoo.resolve(name)
     state_path = os.path.join(src, "train_state.msgpack")
     if not os.path.isfile(state_path):
@@ -37,6 +38,8 @@ def seed_from_zoo(name: str, out: str, steps: int | None, *,
     cfg = config.load_json(kind, os.path.join(src, "config.json"))
     if steps is not None:
         cfg = config.replace(cfg, steps=steps)
+    if adjust is not None:
+        cfg = config.replace(cfg, **adjust(cfg))
     state = checkpoint.load_state_msgpack(state_path, template_state(cfg))
     if int(state.step) >= cfg.steps:
         raise PxdError(f"{name} was saved at step {int(state.step)}; give --steps above it")
@@ -101,13 +104,15 @@ def run_train_clf(
     resume: bool = False,
     resume_from: str | None = None,
     keep_steps: bool = False,
+    eval_every: int | None = None,
     data_dir: str | None = None,
     rep: Reporter | None = None,
     stop_after: int | None = None,
 ) -> dict:
     """Train a classifier into the run dir `out`; `best/` holds the latest evaluated variables.
     `resume_from` continues a shipped classifier's own run (its config and saved training
-    state) in `out`; with `keep_steps` it keeps that run's planned steps (and schedule).
+    state) in `out`; with `keep_steps` it keeps that run's planned steps (and schedule), and
+    `eval_every` replaces its evaluation (and at least as frequent checkpoint) interval.
 
     `best/` is not selected by test accuracy (that would bias `test_acc`); it is rewritten at
     every evaluation and at the end, so a killed run still has usable parameters.
@@ -115,7 +120,10 @@ def run_train_clf(
     if resume_from is not None:
         if resume:
             raise PxdError("--resume-from starts from the shipped state; drop --resume")
-        cfg = seed_from_zoo(resume_from, out, None if keep_steps else cfg.steps, kind=ClfConfig)
+        every = None if eval_every is None else (lambda c: dict(
+            eval_every=eval_every, ckpt_every=min(c.ckpt_every, eval_every)))
+        cfg = seed_from_zoo(resume_from, out, None if keep_steps else cfg.steps, kind=ClfConfig,
+                            adjust=every)
         resume = True
     validate(cfg)
     return train(ClassifierJob(cfg), out, resume=resume, data_dir=data_dir, rep=rep,

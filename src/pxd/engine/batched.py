@@ -37,7 +37,7 @@ def purify_batches(purify_fn, params, x: np.ndarray, eps: np.ndarray, batch_size
                                consts=params)
 
 
-def squeeze_batches(x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def squeeze_batches(x: np.ndarray, batch_size: int = 128) -> np.ndarray:
     """Feature squeezing (5-bit colour depth, 2x2 median filter) of uint8 images."""
     return devices.map_batches(feature_squeeze_jit, (x,), batch_size)
 
@@ -58,19 +58,19 @@ def _logits(logits_fn, x):
     return logits_fn(x.astype(jnp.float32))
 
 
-def logits(logits_fn, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+def logits(logits_fn, x: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
     """Logits float32 (N, classes) of uint8 images, chunks spread over the devices."""
     return devices.map_batches(_logits, (np.asarray(x),), batch_size,
                                consts=_as_partial(logits_fn))
 
 
-def predict(logits_fn, x: np.ndarray, *, batch_size: int = 256, on_batch=None) -> np.ndarray:
+def predict(logits_fn, x: np.ndarray, *, batch_size: int = 128, on_batch=None) -> np.ndarray:
     """Predicted labels int32 (N,) of uint8 images, chunks over the devices."""
     return devices.map_batches(_predict, (np.asarray(x),), batch_size, on_batch=on_batch,
                                consts=_as_partial(logits_fn))
 
 
-def evaluate_accuracy(logits_fn, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> float:
+def evaluate_accuracy(logits_fn, x: np.ndarray, y: np.ndarray, *, batch_size: int = 128) -> float:
     return float(np.mean(predict(logits_fn, x, batch_size=batch_size) == np.asarray(y)))
 
 
