@@ -122,6 +122,23 @@ def test_shard_batch_pads_and_map_batches_trims():
     assert jnp.asarray(out).shape == (7, 3)
 
 
+def test_map_batches_chunks_in_order_and_raises_a_worker_error():
+    seen = []
+
+    def fn(c, a):
+        seen.append(int(c))
+        if c == 3:
+            raise ValueError("chunk 3 failed")
+        return a + c
+
+    x = np.zeros((7, 2), np.float32)
+    out = devices.map_batches(lambda c, a: a + c, (x,), 2, indexed=True)
+    np.testing.assert_array_equal(out[:, 0], [0, 0, 1, 1, 2, 2, 3])  # chunk c's rows get c
+    with pytest.raises(ValueError, match="chunk 3 failed"):  # whichever thread ran chunk 3
+        devices.map_batches(fn, (np.zeros((16, 2)),), 2, indexed=True)
+    assert 3 in seen
+
+
 def test_cosine_schedule_warms_up_and_ends_at_zero():
     from pxd.core.training import lr_schedule
 

@@ -331,13 +331,12 @@ def _run_workers(work: Callable[[int], None], count: int, stop: threading.Event)
         t.start()
     try:
         work(0)
-    except BaseException:
+        for t in threads:
+            while t.is_alive():  # short joins: Ctrl-C still reaches this thread
+                t.join(0.1)
+    except BaseException:  # the others stop after their chunk (daemons: never block an exit)
         stop.set()
         raise
-    finally:
-        for t in threads:
-            while t.is_alive():
-                t.join(0.1)
     if errors:
         raise errors[0]
 
