@@ -304,7 +304,7 @@ def train_clf(
 ):
     """Train a classifier (ResNet or VGG; normal, adversarial or label-smoothing)."""
     from pxd.configs.base import replace
-    from pxd.configs.classifier import clf_config
+    from pxd.configs.classifier import clf_config, eval_every_fields
     from pxd.configs.datasets import check_dataset, training_steps
 
     check_dataset(dataset)
@@ -312,8 +312,8 @@ def train_clf(
     cfg = clf_config(dataset, arch, training, preset, batch_size=batch_size, seed=seed,
                      lr=lr, init_from=init_from, warmup_steps=warmup_steps,
                      eval_every=eval_every)
-    if eval_every is not None:  # best/ and the checkpoint of one step, for an export
-        cfg = replace(cfg, ckpt_every=min(cfg.ckpt_every, eval_every))
+    if eval_every is not None:
+        cfg = replace(cfg, **eval_every_fields(cfg, eval_every))
     cfg = replace(cfg, steps=training_steps(dataset, epochs, steps, cfg.batch_size))
     rep = _setup(devices, distributed, quiet, json_out, verbose)
     from pxd.commands.train import run_train_clf

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from pxd.configs import base as config
-from pxd.configs.classifier import ClfConfig, validate
+from pxd.configs.classifier import ClfConfig, eval_every_fields, validate
 from pxd.configs.pixelcnn import DensityConfig
 from pxd.engine.jobs import ClassifierJob, DensityJob, template_state
 from pxd.engine.trainer import train
@@ -120,8 +120,7 @@ def run_train_clf(
     if resume_from is not None:
         if resume:
             raise PxdError("--resume-from starts from the shipped state; drop --resume")
-        every = None if eval_every is None else (lambda c: dict(
-            eval_every=eval_every, ckpt_every=min(c.ckpt_every, eval_every)))
+        every = None if eval_every is None else (lambda c: eval_every_fields(c, eval_every))
         cfg = seed_from_zoo(resume_from, out, None if keep_steps else cfg.steps, kind=ClfConfig,
                             adjust=every)
         resume = True

@@ -92,6 +92,12 @@ def _lists(tree: Any) -> Any:
     return json.loads(json.dumps(tree))
 
 
+def eval_every_fields(cfg: ClfConfig, eval_every: int) -> dict:
+    """The fields `--eval-every N` sets: N, and checkpoints at least as often, so `best/` and
+    the training state are of one step (an export `--with-state` at any evaluation)."""
+    return dict(eval_every=eval_every, ckpt_every=min(cfg.ckpt_every, eval_every))
+
+
 def validate(cfg: ClfConfig) -> ClfConfig:
     if cfg.dataset not in DATASETS:
         raise PxdError(f"unknown dataset '{cfg.dataset}' (choose from {', '.join(DATASETS)})")

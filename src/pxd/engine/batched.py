@@ -49,13 +49,13 @@ def _as_partial(logits_fn) -> jax.tree_util.Partial:
 
 
 @jax.jit
-def _predict(logits_fn, x):
-    return jnp.argmax(logits_fn(x.astype(jnp.float32)), -1).astype(jnp.int32)
+def _logits(logits_fn, x):
+    return logits_fn(x.astype(jnp.float32))
 
 
 @jax.jit
-def _logits(logits_fn, x):
-    return logits_fn(x.astype(jnp.float32))
+def _predict(logits_fn, x):
+    return jnp.argmax(_logits(logits_fn, x), -1).astype(jnp.int32)
 
 
 def logits(logits_fn, x: np.ndarray, *, batch_size: int = 128) -> np.ndarray:

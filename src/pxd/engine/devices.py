@@ -271,7 +271,6 @@ def map_batches(
     me, count = processes()
     chunks = -(-n // batch_size)
     mine = list(range(me, chunks + (-chunks) % count, count))  # equal shares: pad the count
-    placed = [None if consts is None else jax.device_put(consts, d) for d in devs]
     lock = threading.Lock()
     todo = iter(mine)
     outs: dict[int, Any] = {}
@@ -283,11 +282,12 @@ def map_batches(
 
     def work(slot: int) -> None:
         dev = devs[slot]
+        placed = None if consts is None else jax.device_put(consts, dev)  # once per device
         while not stop.is_set() and (c := take()) is not None:
             start = min(c, chunks - 1) * batch_size  # a share's padding chunk repeats the last
             chunk = tuple(pad_to_multiple(a[start : start + batch_size], batch_size)[0]
                           for a in arrays)
-            args = ([np.int32(c)] if indexed else []) + ([] if consts is None else [placed[slot]])
+            args = ([np.int32(c)] if indexed else []) + ([] if consts is None else [placed])
             res = fn(*args, *jax.device_put(chunk, dev))
             host = jax.tree_util.tree_map(np.asarray, res)
             with lock:
