@@ -7,6 +7,7 @@ One small bench (smoke models, 4 images, FGSM at eps 8, PixelDefend and adaptive
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -81,6 +82,8 @@ def test_first_run_records_versions(base):
         kind = {"adv": "attacks", "pur": "purified", "bpd": "bpd", "bpda": "bpda"}[
             name.split("_")[0]]
         assert str(z["code_version"]) == str(versions.CACHED[kind]), name
+        # the batch size is in every key: rounding follows the program's shape
+        assert re.search(rf"_b{N}(_[0-9a-f]{{8}})?\.npz$", name), name
         assert str(z["pxd_version"]) == __version__, name
     report = _report(out)
     assert f"bpda v{versions.BPDA}" in report and f"purified v{versions.PURIFY}" in report

@@ -22,7 +22,8 @@ SQUEEZE = 1
 # end-to-end BPDA-PGD: core/adaptive.py
 # 2: adaptive PixelDefend's bits/dim gradient in its own program (issue 27 determinism fix)
 # 3: guard images in the classifier and purifier; one device program per chunk
-BPDA = 3
+# 4: guard images in adaptive PixelDefend's bits/dim too
+BPDA = 4
 # classifier predictions: engine/batched.predict (not cached; recorded in reports)
 # 2: classifiers apply with guard images; one device program per chunk
 PREDICT = 2

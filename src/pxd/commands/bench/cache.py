@@ -1,11 +1,12 @@
 """The bench's cache: every crafted, purified and scored array as an .npz under OUT/cache.
 
-File names carry the key (classifier digest, attack, eps, n, seed, batch size where results
-depend on it, a hash of the options); the fields stored beside `x` (inputs, models, settings,
-and the version of the code that made it) are checked on load, so a stale, unreadable,
-truncated or corrupt file is recomputed and replaced (atomically). Keys depend only on
-(seed, what is computed), never on what else a run computes, so reruns and new columns
-reuse what exists.
+File names carry the key (classifier digest, attack, eps, n, seed, batch size, a hash of
+the options; every kind depends on the batch size: XLA picks algorithms and rounding by the
+program's shape, and random starts fold in the batch index); the fields stored beside `x`
+(inputs, models, settings, and the version of the code that made it) are checked on load,
+so a stale, unreadable, truncated or corrupt file is recomputed and replaced (atomically).
+Keys depend only on (seed, what is computed), never on what else a run computes, so reruns
+and new columns reuse what exists.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import zlib
 import numpy as np
 
 from pxd import __version__
-from pxd.commands.bench.paper import BATCH_DEPENDENT_ATTACKS
 from pxd.configs import versions
 from pxd.engine import devices
 from pxd.errors import PxdError
@@ -121,9 +121,8 @@ def craft_cached(cache: Cache, m: dict, attack: str, e: int, opts: dict, x: np.n
     """Oblivious attack on the classifier alone; key depends on (seed, attack, eps) only."""
     from pxd.engine.batched import craft
 
-    # random starts fold in the batch index and CW's early abort is per batch
-    tag = f"_b{batch_size}" if attack in BATCH_DEPENDENT_ATTACKS else ""
-    name = f"adv_{m['digest'][:12]}_{attack}_{e}_{len(x)}_{seed}{tag}{opts_tag(opts)}.npz"
+    name = (f"adv_{m['digest'][:12]}_{attack}_{e}_{len(x)}_{seed}_b{batch_size}"
+            f"{opts_tag(opts)}.npz")
 
     def compute():
         with rep.progress(f"{attack} eps={e} {opts_tag(opts)[1:]} ({m['label']})",

@@ -34,7 +34,8 @@ class Defences:
 
     def bpd(self, xs: np.ndarray) -> np.ndarray:
         dens = self.dens
-        return self.cache.get("bpd", f"bpd_{digest(xs)[:16]}_{dens['digest'][:12]}.npz",
+        name = f"bpd_{digest(xs)[:16]}_{dens['digest'][:12]}_b{self.batch_size}.npz"
+        return self.cache.get("bpd", name,
                               {"input": digest(xs), "density": dens["digest"]},
                               lambda: evaluate_bpd(self.bpd_jit, dens["params"], xs,
                                                    self.batch_size))
@@ -44,7 +45,8 @@ class Defences:
         e_def, dens = self.e_def, self.dens
         if e_def == 0 or len(xs) == 0:
             return xs.copy()
-        name = f"pur_{digest(xs)[:16]}_pixeldefend_{e_def}_{dens['digest'][:12]}.npz"
+        name = (f"pur_{digest(xs)[:16]}_pixeldefend_{e_def}_{dens['digest'][:12]}"
+                f"_b{self.batch_size}.npz")
 
         def compute():
             eb = np.full(len(xs), e_def, np.int32)

@@ -84,9 +84,6 @@ PAPER_TABLE1: dict[tuple[str, str, str], dict[str, str]] = {
 EPS_FREE_ATTACKS = EPS_FREE
 
 
-BATCH_DEPENDENT_ATTACKS = ("rand", "pgd", "cw")
-
-
 ADAPTIVE_METHOD = (
     "BPDA-PGD (Athalye et al. 2018): forward through the real defence (exact PixelDefend "
     "decode, feature squeezing), backward as the identity; sign steps of max(1, round(eps/4)) "
