@@ -287,7 +287,10 @@ def test_clf_all_expands_to_the_shipped_classifiers():
                and e["dataset"] == "cifar10"]
     models = bench._load_classifiers(["all"], "cifar10")
     assert len(models) == len(shipped) >= 1
-    assert models[0]["path"] == zoo.default_path("classifier", (32, 32, 3))
+    # reports name shipped models by zoo name, not by this machine's install path
+    assert zoo.resolve(models[0]["path"]) == zoo.default_path("classifier", (32, 32, 3))
+    assert [m["path"] for m in models] == [e["name"] for e in sorted(
+        shipped, key=lambda e: not e.get("default"))]
     with pytest.raises(PxdError, match="no classifiers shipped"):
         bench._load_classifiers(["all"], "no-such-dataset")
 
@@ -406,3 +409,42 @@ def test_adaptive_row_cells_equal_direct_computations(grid, models):
     (f,) = glob.glob(os.path.join(grid["out"], "cache", "bpda_*_adaptive-pixeldefend_8_*.npz"))
     with np.load(f) as z:
         assert row["adaptive"]["8"] == defended_acc(z["x"])
+
+
+def test_merged_runs_equal_a_joint_run(grid, models, tmp_path):
+    """Two one-classifier runs joined by `merge_runs` give the report of one run over both:
+    every row, check and AUC, the shared label told apart as `--clf A,B` tells it. The second
+    classifier is a copy under another name (same parameters, so every array is a cache hit)."""
+    import shutil
+
+    from pxd.commands.bench.merge import merge_runs, run_merge
+
+    clf_b = str(tmp_path / "clf_b")
+    shutil.copytree(models["clf"], clf_b)
+    runs = {}
+    for name, clfs in (("a", [models["clf"]]), ("b", [clf_b]), ("ab", [models["clf"], clf_b])):
+        out = tmp_path / name
+        out.mkdir()
+        os.symlink(os.path.join(grid["out"], "cache"), out / "cache")
+        runs[name] = json.loads(json.dumps(bench.run_bench(
+            attacks="all", eps_attack=EPS, clfs=clfs, density=models["density"],
+            defenses="all", n=N, out=str(out), adaptive_steps=2, restarts=1, batch_size=4,
+            attack_opts=FAST_OPTS, command="pytest", data_dir=models["data_dir"],
+        ), default=float))
+    with pytest.raises(PxdError, match="both hold classifier"):  # each classifier once
+        merge_runs([runs["a"], runs["ab"]])
+    joint = runs["ab"]
+    info = run_merge([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "m"))
+    merged = json.load(open(tmp_path / "m" / "results.json"))
+    labels = [c["label"] for c in joint["classifiers"]]
+    assert len(set(labels)) == 2 and all(" [" in lab for lab in labels)
+    for k in ("classifiers", "rows", "detection", "sanity", "consistency", "columns",
+              "threshold", "density", "versions", "adaptive"):
+        assert merged[k] == joint[k], k
+    assert info["wall_s"] == runs["a"]["wall_s"] + runs["b"]["wall_s"]
+    report = open(tmp_path / "m" / "report.md").read()
+    assert report.count("- joined from") == 2
+    assert (tmp_path / "m" / "summary_clf_b.png").exists()
+    runs["b"]["n"] = N + 1  # another grid
+    with pytest.raises(PxdError, match="differs from run 1 in 'n'"):
+        merge_runs([runs["a"], runs["b"]])

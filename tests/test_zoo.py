@@ -85,6 +85,7 @@ def test_shipped_models_load_by_name_with_one_default_per_kind_and_shape():
     defaults = {}
     for e in zoo.entries():
         assert zoo.resolve(e["name"]) == e["path"]
+        assert zoo.shown(e["path"]) == zoo.shown(e["name"]) == e["name"]
         assert zoo.card_of(e["path"])["sha256"] == e["sha256"]
         loader = load_density if e["kind"] == "density" else load_classifier
         cfg = loader(e["name"])[2]
@@ -96,6 +97,7 @@ def test_shipped_models_load_by_name_with_one_default_per_kind_and_shape():
     for key, path in defaults.items():
         assert zoo.default_path(*key) == path
     assert zoo.resolve("no-such-model") == "no-such-model"
+    assert zoo.shown("/some/run/dir") == "/some/run/dir"
     with pytest.raises(PxdError, match="not found"):
         load_density("no-such-model")
 

@@ -2,8 +2,8 @@
 
 Shifts a batch of random images by a few slots and compares each image's outputs with its
 outputs at the first position, for the shipped models at the batch sizes pxd runs them
-(classifier logits and input gradients at 100 and 128, bits/dim (the guarded scorer and
-adaptive PixelDefend's) at 32 and 64, purification at eps 16 at 32 and 64). `--no-guard`
+(classifier logits and input gradients at 100 and 128, bits/dim at 32 and 64 (one function
+serves the scorer and adaptive PixelDefend), purification at eps 16 at 32 and 64). `--no-guard`
 turns `pxd.models.guard` off, to see what the guard images change on this CPU.
 
     python tools/slot_check.py [--no-guard] [--clf resnet-c10-normal,vgg-c10-normal]
@@ -46,13 +46,13 @@ def main() -> None:
     args = ap.parse_args()
 
     from pxd import api
-    from pxd.core.adaptive import density_bpd
     from pxd.core.likelihood import make_bpd_fn
     from pxd.core.purify import make_purifier
 
     if args.no_guard:
-        import pxd.models.guard as guard
-        guard._on_cpu = lambda: False  # what every guarded() call asks
+        from pxd.models import guard
+
+        guard.set_enabled(False)
     t = time.time()
     rng = np.random.RandomState(0)
     x = rng.randint(0, 256, (200, 32, 32, 3)).astype(np.uint8)
@@ -68,10 +68,8 @@ def main() -> None:
                   lambda xb, s, b=b, g=grad: g(xb, y[s:s + b]), xf, b)
     d = api.load_density(args.density)
     bpd = jax.jit(lambda xb: make_bpd_fn(d.model)(d.params, xb))
-    raw = jax.jit(lambda xb: density_bpd(d.model, d.params, xb))
     for b in (32, 64):
         check(f"{args.density} bits/dim", lambda xb, s: bpd(xb), xf, b)
-        check(f"{args.density} adaptive PixelDefend's bits/dim", lambda xb, s: raw(xb), xf, b)
     if not args.skip_purify:
         pur = make_purifier(d.model, "auto", max_eps=16)
         for b in (32, 64):

@@ -310,8 +310,7 @@ def train_clf(
     check_dataset(dataset)
     _check_lr(lr)
     cfg = clf_config(dataset, arch, training, preset, batch_size=batch_size, seed=seed,
-                     lr=lr, init_from=init_from, warmup_steps=warmup_steps,
-                     eval_every=eval_every)
+                     lr=lr, init_from=init_from, warmup_steps=warmup_steps)
     if eval_every is not None:
         cfg = replace(cfg, **eval_every_fields(cfg, eval_every))
     cfg = replace(cfg, steps=training_steps(dataset, epochs, steps, cfg.batch_size))

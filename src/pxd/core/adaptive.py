@@ -50,9 +50,8 @@ from jax import lax
 
 from pxd.core.attacks.grid import as_pytree, finish_staged
 from pxd.core.attacks.sign import _xent_oracle, pgd_loop, pgd_setup
+from pxd.core.likelihood import bits_per_dim_of
 from pxd.core.squeeze import feature_squeeze
-from pxd.models.guard import guarded
-from pxd.models.mixture import bits_per_dim
 
 Defence = Callable[[jax.Array], jax.Array]  # float32 integral images -> float32 images
 # oracle(x, y) -> (ascent direction (N,H,W,C), loss (N,), misclassified (N,) bool)
@@ -88,9 +87,8 @@ def squeeze_defence(x: jax.Array) -> jax.Array:
 
 
 def density_bpd(model, params, x: jax.Array) -> jax.Array:
-    """Bits/dim (N,) of images on the 0..255 scale; differentiable in x (mixture head). With
-    guard images, as `likelihood.make_bpd_fn`, so an image's value does not follow its slot."""
-    return guarded(lambda xb: bits_per_dim(model.apply({"params": params}, xb)))(x)
+    """Bits/dim (N,) of images on the 0..255 scale; differentiable in x (mixture head)."""
+    return bits_per_dim_of(model, params, x)
 
 
 def pixeldefend_defence(purify: Callable, params, eps_defend: int) -> Defence:

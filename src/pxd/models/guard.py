@@ -18,10 +18,19 @@ import jax.numpy as jnp
 # purifiers run convolutions on single rows of 28-32 pixels, so they need 2.
 IMAGE_GUARD = 1
 ROW_GUARD = 2
+_enabled = True
 
 
-def _on_cpu() -> bool:
-    return jax.default_backend() == "cpu"
+def set_enabled(on: bool) -> None:
+    """Guard images on (the default) or off, for functions traced after the call. Off is for
+    diagnostics only: `tools/slot_check.py --no-guard` measures what the guards prevent."""
+    global _enabled
+    _enabled = bool(on)
+
+
+def active() -> bool:
+    """Whether `guarded` pads now: enabled and on the CPU backend."""
+    return _enabled and jax.default_backend() == "cpu"
 
 
 def pad(a: jax.Array, count: int) -> jax.Array:
@@ -34,7 +43,7 @@ def guarded(fn, count: int = IMAGE_GUARD, batched: int = 1):
     (each with a leading batch axis) and every output trimmed back; as is off the CPU."""
 
     def run(*args):
-        if count == 0 or not _on_cpu():
+        if count == 0 or not active():
             return fn(*args)
         n = args[0].shape[0]
         args = tuple(pad(jnp.asarray(a), count) for a in args[:batched]) + args[batched:]

@@ -47,6 +47,16 @@ def resolve(path: str) -> str:
     return path
 
 
+def shown(path: str) -> str:
+    """How a report names a model: its zoo name when `path` is a shipped entry (so reports do
+    not carry this machine's install path), else `path` as given."""
+    real = os.path.realpath(path)
+    for e in entries():
+        if os.path.realpath(e["path"]) == real:
+            return e["name"]
+    return path
+
+
 def not_found_hint(path: str, kind: str) -> str:
     """For a missing --clf/--density: the shipped names, when `path` looks like one."""
     if os.path.exists(path) or os.sep in path:

@@ -103,6 +103,12 @@ class Cache:
         return x
 
 
+def entry_name(kind: str, *parts, batch_size: int, tag: str = "") -> str:
+    """A cache file name: kind_part_..._b{batch_size}{tag}.npz. The batch size is in every
+    key, since XLA:CPU rounding follows the program's shape (see `pxd.models.guard`)."""
+    return f"{kind}_{'_'.join(str(p) for p in parts)}_b{batch_size}{tag}.npz"
+
+
 def _version_tag(pxd_version: str, code_version) -> str:
     return f"pxd {pxd_version}, code v{code_version}"
 
@@ -121,8 +127,8 @@ def craft_cached(cache: Cache, m: dict, attack: str, e: int, opts: dict, x: np.n
     """Oblivious attack on the classifier alone; key depends on (seed, attack, eps) only."""
     from pxd.engine.batched import craft
 
-    name = (f"adv_{m['digest'][:12]}_{attack}_{e}_{len(x)}_{seed}_b{batch_size}"
-            f"{opts_tag(opts)}.npz")
+    name = entry_name("adv", m["digest"][:12], attack, e, len(x), seed,
+                      batch_size=batch_size, tag=opts_tag(opts))
 
     def compute():
         with rep.progress(f"{attack} eps={e} {opts_tag(opts)[1:]} ({m['label']})",
@@ -141,8 +147,8 @@ def bpda_cached(cache: Cache, m: dict, defence: str, attack_fn, dparams, e: int,
     """End-to-end BPDA-PGD on the defended classifier; batch b uses fold_in(key, b)."""
     import jax
 
-    tag = opts_tag(settings)
-    name = f"bpda_{m['digest'][:12]}_{defence}_{e}_{len(x)}_{seed}_b{batch_size}{tag}.npz"
+    name = entry_name("bpda", m["digest"][:12], defence, e, len(x), seed,
+                      batch_size=batch_size, tag=opts_tag(settings))
 
     def compute():
         key = seed_key(seed, "bpda", defence, e)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pxd.commands.bench.cache import Cache, digest
+from pxd.commands.bench.cache import Cache, digest, entry_name
 from pxd.commands.bench.paper import THRESHOLD_IMAGES, THRESHOLD_MARGIN
 from pxd.commands.bench.plan import Plan
 from pxd.configs.commands import BenchConfig
@@ -34,7 +34,8 @@ class Defences:
 
     def bpd(self, xs: np.ndarray) -> np.ndarray:
         dens = self.dens
-        name = f"bpd_{digest(xs)[:16]}_{dens['digest'][:12]}_b{self.batch_size}.npz"
+        name = entry_name("bpd", digest(xs)[:16], dens["digest"][:12],
+                          batch_size=self.batch_size)
         return self.cache.get("bpd", name,
                               {"input": digest(xs), "density": dens["digest"]},
                               lambda: evaluate_bpd(self.bpd_jit, dens["params"], xs,
@@ -45,8 +46,8 @@ class Defences:
         e_def, dens = self.e_def, self.dens
         if e_def == 0 or len(xs) == 0:
             return xs.copy()
-        name = (f"pur_{digest(xs)[:16]}_pixeldefend_{e_def}_{dens['digest'][:12]}"
-                f"_b{self.batch_size}.npz")
+        name = entry_name("pur", digest(xs)[:16], "pixeldefend", e_def, dens["digest"][:12],
+                          batch_size=self.batch_size)
 
         def compute():
             eb = np.full(len(xs), e_def, np.int32)

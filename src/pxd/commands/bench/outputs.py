@@ -64,6 +64,9 @@ def report_md(info: dict) -> str:
           f"- {info['n']} test images ({info['input']}), seed {info['seed']}",
           f"- cells: accuracy (%) at eps_attack = {eps_s} (0-255 scale), "
           f"eps_defend = {info['eps_defend']}"]
+    for part in info.get("merged_from", []):
+        L.append(f"- joined from `{part['name']}`: `{part['command']}`, {part['date']}, "
+                 f"{part['machine']}, wall time {part['wall_s']:.1f} s")
     if info["threshold"] is not None:
         L.append(f"- adaptive PixelDefend threshold {info['threshold']:.4f} bits/dim: "
                  f"{info['threshold_how']}")

@@ -25,7 +25,7 @@ def density_info(dens: dict) -> dict:
     bpd, bpd_n = card.get("test_bpd"), card.get("n_test")
     if bpd is None:
         bpd, bpd_n = dens["meta"].get("best_test_bpd"), dens["meta"].get("eval_n")
-    return dict(path=dens["path"], sha256=dens["digest"], preset=dens["cfg"].preset,
+    return dict(path=zoo.shown(dens["path"]), sha256=dens["digest"], preset=dens["cfg"].preset,
                 test_bpd=bpd, test_bpd_n=bpd_n)
 
 
@@ -48,7 +48,7 @@ def load_classifiers(paths: list[str | None], dataset: str | None):
             p = zoo.default_path("classifier", DATASETS[ds].shape)
         model, variables, cfg, meta = load_classifier(p)
         out.append(dict(
-            path=p, cfg=cfg, meta=meta, digest=params_digest(variables),
+            path=zoo.shown(p), cfg=cfg, meta=meta, digest=params_digest(variables),
             logits_fn=make_logits_fn(model, variables["params"],
                                      variables.get("batch_stats", {})),
             label=f"{ARCH_TITLES.get(cfg.arch, cfg.arch)} "

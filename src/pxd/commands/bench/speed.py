@@ -20,44 +20,43 @@ from pxd.report.terminal import Reporter
 from pxd.storage import data
 
 
-def timed(fn, *args):
+def timed(fn, *args, **kwargs):
     """(fn(*args) ready, its wall seconds); call once first to time without the compile."""
     t = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
+    out = jax.block_until_ready(fn(*args, **kwargs))
     return out, time.perf_counter() - t
 
 
 def bench_purify(model, params, x: np.ndarray, *, eps: int, n_ref: int, batch: int,
                  rep: Reporter) -> dict:
+    """Fast purifier against the literal Algorithm 1, both on the path the product runs
+    (`engine.batched.purify_batches`: chunks of `batch` rows, one program per device)."""
     from pxd.core.purify import first_difference_gaps, make_purifier
+    from pxd.engine.batched import purify_batches
     from pxd.models.pixelcnn import PixelCNN
 
-    m = devices.mesh()
-    ndev = m.devices.size
+    ndev = devices.mesh().devices.size
     e = np.full(len(x), eps, np.int32)
     fast = make_purifier(model, "auto", max_eps=eps)
     ref = make_purifier(model, "reference")
-    # compile both on their batch shapes, then time
-    xb, _ = devices.shard_batch((x[:batch], e[:batch]), m)
-    timed(fast, params, *xb)
-    t_fast = 0.0
-    outs = []
-    for s in range(0, len(x), batch):
-        xb, k = devices.shard_batch((x[s : s + batch], e[s : s + batch]), m)
-        o, dt = timed(fast, params, *xb)
-        outs.append(np.asarray(o)[:k])
-        t_fast += dt
-    fast_out = np.concatenate(outs)
-    xr, kr = devices.shard_batch((x[:n_ref], e[:n_ref]), m)
-    rep.info(f"reference decode of {n_ref} images ({np.prod(x.shape[1:])} forwards each)...")
-    ref_out, t_ref = timed(ref, params, *xr)  # includes compile, subtracted below
-    _, t_ref = timed(ref, params, *xr)
-    ref_out = np.asarray(ref_out)[:kr]
+    kr = min(n_ref, len(x))
+    ref_batch = -(-kr // ndev)  # every device decodes a share of the reference images
+
+    def run(fn, k, b):
+        return purify_batches(fn, params, x[:k], e[:k], b)
+
+    # first calls compile (on every device that gets a chunk); the second are timed
+    run(fast, min(len(x), batch * ndev), batch)
+    fast_out, t_fast = timed(run, fast, len(x), batch)
+    rep.info(f"reference decode of {kr} images ({np.prod(x.shape[1:])} forwards each)...")
+    run(ref, kr, ref_batch)
+    ref_out, t_ref = timed(run, ref, kr, ref_batch)
     feat = jax.jit(lambda p, xx: model.apply({"params": p}, xx, method=PixelCNN.features))
-    xf, _ = devices.shard_batch(x[:batch], m)
-    timed(feat, params, xf)
-    _, t_fwd = timed(feat, params, xf)
-    floor_ips = batch / (2 * t_fwd)
+    k_fwd = min(len(x), batch * ndev)
+    devices.map_batches(feat, (x[:k_fwd],), batch, consts=params)
+    _, t_fwd = timed(devices.map_batches, feat, (x[:k_fwd],), batch, None, None,
+                     consts=params)
+    floor_ips = k_fwd / (2 * t_fwd)
     fast_ips = len(x) / t_fast
     ref_ips = kr / t_ref
     same = np.all(ref_out.reshape(kr, -1) == fast_out[:kr].reshape(kr, -1), axis=1)
