@@ -3,6 +3,8 @@
 # classifier into one OUT so they share its cache, then one run over all of them that reads
 # everything back from the cache and writes the full report (OUT/report.md, results.json).
 # Re-running skips what the cache holds, so it continues across sessions if OUT survives.
+# Where OUT does not survive (another machine, a new session), each classifier's report in
+# OUT.per-clf/ is kept instead and `tools/merge_grid.py --out ALL OUT.per-clf/*` joins them.
 # Usage: [CLFS="name ..."] tools/table1_n300.sh OUT [extra pxd bench options, e.g. --devices 1]
 # CLFS: the classifiers (default: every shipped CIFAR-10 classifier, the default first).
 set -euo pipefail

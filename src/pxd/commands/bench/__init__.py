@@ -9,6 +9,7 @@
 - defences.py: the defences as cached functions of uint8 arrays, the adaptive threshold;
 - steps.py: the per-classifier steps (craft, detect, defend, attack end to end, rows);
 - run.py: `run_bench` (the steps in order, then the outputs) and `run_speed`;
+- merge.py: one-classifier runs of one grid joined into the report of a run over all;
 - speed.py, speed_attacks.py: `--speed`, throughput against baselines in the same run.
 """
 
