@@ -32,7 +32,9 @@ def _assert_same(model, params, x, ref, out, eps):
     assert gaps and max(gaps) < NEAR_TIE, f"fast purifier differs beyond a near-tie: {gaps}"
 
 
-@pytest.mark.parametrize("shape", [(32, 32, 3), (28, 28, 1)])
+# 16x24x3, not CIFAR's 32x32x3 (real images below cover it): a third of the sequential
+# reference's pixels, and height != width catches a swapped axis
+@pytest.mark.parametrize("shape", [(16, 24, 3), (28, 28, 1)])
 @pytest.mark.parametrize("epss", [(0, 2, 16), (255,)])
 def test_fast_paths_equal_reference_random_images(shape, epss):
     # eps is per image: one batch (two images at each eps) holds several eps with one compile
