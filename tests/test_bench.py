@@ -445,6 +445,10 @@ def test_merged_runs_equal_a_joint_run(grid, models, tmp_path):
     report = open(tmp_path / "m" / "report.md").read()
     assert report.count("- joined from") == 2
     assert (tmp_path / "m" / "summary_clf_b.png").exists()
+    named = json.loads(json.dumps(runs["b"]))
+    runs["a"]["density"]["path"] = "/elsewhere/density"  # the same model, by install path
+    named["density"]["path"] = "density-name"
+    assert merge_runs([runs["a"], named])["density"]["path"] == "density-name"
     runs["b"]["n"] = N + 1  # another grid
     with pytest.raises(PxdError, match="differs from run 1 in 'n'"):
         merge_runs([runs["a"], runs["b"]])

@@ -94,7 +94,10 @@ def merge_runs(parts: list[dict], names: list[str] | None = None, *,
             seen[c["path"]] = name
     relabel = _labels(parts)
     joined = {k: parts[0][k] for k in SHARED}
-    joined["density"] = parts[0]["density"]
+    # one model (same digest) may be named by a path in one part and by its zoo name in
+    # another (reports before shipped.shown); the name reads on any machine
+    joined["density"] = next((p["density"] for p in parts if p["density"]
+                              and not os.path.isabs(p["density"]["path"])), parts[0]["density"])
     keys = ("classifiers", "rows", "detection", "sanity", "consistency")
     for k in keys:
         joined[k] = []
