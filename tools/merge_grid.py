@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "tools/merge_grid.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         info = run_merge(a.runs, a.out, command=command)
-    except PxdError as e:
+    except (PxdError, OSError) as e:
         print(f"merge_grid: error: {e}", file=sys.stderr)
         return 2
     print(f"{a.out}/report.md: {len(info['classifiers'])} classifiers, {len(info['rows'])} rows")

@@ -20,6 +20,10 @@ from pxd.storage import files
 SHARED = ("n", "input", "seed", "eps_attack", "eps_defend", "attacks", "defences",
           "attack_opts", "adaptive", "threshold", "threshold_how", "columns", "versions")
 
+# What each part brings of its own.
+PER_RUN = ("density", "classifiers", "rows", "detection", "sanity", "consistency", "command",
+           "date", "machine", "wall_s")
+
 
 def _relabel(text: str, old: str, new: str) -> str:
     """`text` (a row's name, a check) with its leading classifier label `old` made `new`."""
@@ -30,7 +34,7 @@ def _relabel(text: str, old: str, new: str) -> str:
 
 def _check_shared(parts: list[dict], names: list[str]) -> None:
     for info, name in zip(parts, names, strict=True):
-        missing = [k for k in SHARED + ("density", "classifiers", "rows") if k not in info]
+        missing = [k for k in SHARED + PER_RUN if k not in info]
         if missing:
             raise PxdError(f"{name}: its results.json lacks {', '.join(missing)} (written by "
                            "an older pxd, or not a bench run); re-run it to merge it")
@@ -98,8 +102,7 @@ def merge_runs(parts: list[dict], names: list[str] | None = None, *,
     # another (reports before shipped.shown); the name reads on any machine
     joined["density"] = next((p["density"] for p in parts if p["density"]
                               and not os.path.isabs(p["density"]["path"])), parts[0]["density"])
-    keys = ("classifiers", "rows", "detection", "sanity", "consistency")
-    for k in keys:
+    for k in ("classifiers", "rows", "detection", "sanity", "consistency"):
         joined[k] = []
     joined["timings"] = {}
     for info, m in zip(parts, relabel, strict=True):
@@ -145,9 +148,12 @@ def run_merge(dirs: list[str], out: str, *, command: str = "merged") -> dict:
         if not os.path.isfile(path):
             raise PxdError(f"{d}: no results.json (a `pxd bench --out` folder is expected)")
         parts.append(files.read_json(path))
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise PxdError(f"--out {out}: exists and is not a folder")
     info = merge_runs(parts, list(dirs), command=command)
+    report = report_md(info)  # before any file is written: no results.json without its report
     os.makedirs(out, exist_ok=True)
     files.write_json(os.path.join(out, "results.json"), jsonable(info))
-    files.write_text(os.path.join(out, "report.md"), report_md(info))
+    files.write_text(os.path.join(out, "report.md"), report)
     write_figures(out, info)
     return info

@@ -54,8 +54,7 @@ def bench_purify(model, params, x: np.ndarray, *, eps: int, n_ref: int, batch: i
     feat = jax.jit(lambda p, xx: model.apply({"params": p}, xx, method=PixelCNN.features))
     k_fwd = min(len(x), batch * ndev)
     devices.map_batches(feat, (x[:k_fwd],), batch, consts=params)
-    _, t_fwd = timed(devices.map_batches, feat, (x[:k_fwd],), batch, None, None,
-                     consts=params)
+    _, t_fwd = timed(devices.map_batches, feat, (x[:k_fwd],), batch, consts=params)
     floor_ips = k_fwd / (2 * t_fwd)
     fast_ips = len(x) / t_fast
     ref_ips = kr / t_ref
