@@ -61,6 +61,26 @@ def test_diff_names_each_differing_cell(tool, capsys):
         f"{r['name']} | adaptive | eps 8: committed {k}/{n}, this run {k + 1}/{n}"]
 
 
+def test_diff_against_any_run(tool, tmp_path, capsys):
+    info, _ = _reference(tool)
+    src = os.path.join(tool.DEMO, "results.json")
+    with open(src) as f:
+        raw = json.load(f)
+    k, n = raw["rows"][0]["counts"]["clean"]["2"]
+    raw["rows"][0]["counts"]["clean"]["2"] = [k - 1, n]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(raw))
+    assert tool.main(["--diff", src, "--against", str(old)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{src}: 1 of {len(tool.cells(info))} cells differ from {old} " \
+                     "(reported, not a failure)"
+    assert out[1] == f"  {raw['rows'][0]['name']} | clean | eps 2: old {k - 1}/{n}, " \
+                     f"this run {k}/{n}"
+    assert tool.main(["--diff", src, "--against", str(tmp_path / "none.json")]) == 2
+    with pytest.raises(SystemExit):
+        tool.main(["--against", str(old)])
+
+
 def test_wrapped_prose_starts_no_markdown_block(tool):
     # plain wrapping at 95 columns would start lines with "+ " and "- "
     for text in ("x" * 90 + " abc + Feature Squeezing", "x" * 93 + " - y", "x" * 93 + " 1. z"):

@@ -7,6 +7,8 @@
     python tools/demo_table.py --check    # exit 1 when README.md and docs/demo disagree
     python tools/demo_table.py --diff demo-out/results.json
         # each cell of a fresh run that differs from docs/demo/results.json (exit 0: reported)
+    python tools/demo_table.py --diff NEW/results.json --against OLD/results.json
+        # the same between any two bench runs (e.g. a grid row re-run at new cache versions)
     python tools/demo_table.py --take demo-out --wall-s 281 --venv-s 80 --conditions "idle"
         # a new reference run: copy its results.json and report.md into docs/demo, record
         # the `time make demo` wall seconds in run.json, and rewrite README.md (as --write)
@@ -122,14 +124,14 @@ def cells(info: dict) -> dict[tuple, tuple]:
             for c, by_eps in r["counts"].items() for e, kn in by_eps.items()}
 
 
-def diff(ref: dict, new: dict) -> list[str]:
+def diff(ref: dict, new: dict, *, old: str = "committed", now: str = "this run") -> list[str]:
     a, b = cells(ref), cells(new)
     out = []
     for key in sorted(set(a) | set(b), key=str):
         if a.get(key) != b.get(key):
             fa = "absent" if key not in a else f"{a[key][0]}/{a[key][1]}"
             fb = "absent" if key not in b else f"{b[key][0]}/{b[key][1]}"
-            out.append(f"{key[0]} | {key[1]} | eps {key[2]}: committed {fa}, this run {fb}")
+            out.append(f"{key[0]} | {key[1]} | eps {key[2]}: {old} {fa}, {now} {fb}")
     return out
 
 
@@ -169,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--check", action="store_true", help="exit 1 if README.md is stale")
     g.add_argument("--diff", metavar="RESULTS", help="report cells differing from docs/demo")
     g.add_argument("--take", metavar="OUT", help="make OUT (a make demo run) the reference")
+    ap.add_argument("--against", metavar="OLD",
+                    help="with --diff: compare with this results.json, not docs/demo's")
     ap.add_argument("--wall-s", type=float, help="with --take: `time make demo` seconds")
     ap.add_argument("--conditions", default="", help="with --take: the machine's load")
     ap.add_argument("--venv-s", type=float, help="with --take: `time make venv` seconds")
@@ -183,12 +187,24 @@ def main(argv: list[str] | None = None) -> int:
         _take(a.take, a.wall_s, a.conditions, a.commit, a.venv_s, a.where)
         print(f"docs/demo/ now holds {a.take}'s run; README.md rewritten from it")
         a.write = True
+    if a.against and not a.diff:
+        ap.error("--against needs --diff")
     if a.diff:
-        ref, new = _load(ref_path), _load(a.diff)
-        lines = diff(ref, new)
-        print(f"make demo: {len(lines)} of {len(cells(ref) | cells(new))} cells differ from "
-              f"docs/demo/results.json (reported, not a failure)")
-        for ln in lines:
+        against = a.against or ref_path
+        try:
+            ref, new = _load(against), _load(a.diff)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"demo_table: error: {e}", file=sys.stderr)
+            return 2
+        old = "old" if a.against else "committed"
+        lines = diff(ref, new, old=old)
+        both = cells(ref).keys() & cells(new).keys()
+        moved = [ln for ln in lines if "absent" not in ln]
+        shown = a.against or "docs/demo/results.json"
+        print(f"{a.diff}: {len(moved)} of {len(both)} cells differ from {shown}"
+              + (f"; {len(lines) - len(moved)} cells are in only one of them"
+                 if len(lines) > len(moved) else "") + " (reported, not a failure)")
+        for ln in moved + [ln for ln in lines if "absent" in ln and not a.against]:
             print("  " + ln)
         return 0
     with open(os.path.join(DEMO, "run.json")) as f:
