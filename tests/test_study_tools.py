@@ -17,8 +17,9 @@ def test_classifier_study_reports_the_bench_cells():
     with open(GRID) as f:
         res = json.load(f)
     s = cs.study([res], None, training="normal")
-    normal = {r["classifier"] for r in res["rows"] if "normal" in r["classifier"]}
-    assert len(s["classifiers"]) == len(normal) >= 2  # the grid's ResNet and VGG, not none
+    normal = {c["path"] for c in res["classifiers"] if c.get("training") == "normal"}
+    # the grid's normally trained nets (small and wide ResNet, VGG), and no other
+    assert {c["path"] for c in s["classifiers"]} == normal and len(normal) >= 2
     assert {c["training"] for c in s["classifiers"]} == {"normal"}
     rows = {(r["classifier"], r["defence"]): r for r in res["rows"]}
     for c in s["classifiers"]:

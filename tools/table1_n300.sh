@@ -20,5 +20,7 @@ for c in $CLFS; do
   echo "=== $c done $(date -Is)"
 done
 echo "=== all start $(date -Is)"
-pxd bench --clf "$(echo $CLFS | tr ' ' ',')" "${GRID[@]}" --out "$OUT" "$@"
+CLF_ARGS=()  # --clf repeats: it takes one name each (or `all`), not a comma list
+for c in $CLFS; do CLF_ARGS+=(--clf "$c"); done
+pxd bench "${CLF_ARGS[@]}" "${GRID[@]}" --out "$OUT" "$@"
 echo "=== all done $(date -Is)"
